@@ -1,0 +1,539 @@
+//! The recorder's YAML configuration: keys, built-in defaults, presets and validation.
+//!
+//! Loaded and validated once at start. The keys are those of the original recorder
+//! (`api_key`, `redis`, `file_output`, `defaults`, ...) plus a few of ours, each documented in
+//! `config.example.yaml`. Unknown keys are reported as warnings, never dropped silently.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::options::{Options, Profile};
+use crate::proto::livekit::RecordingPreset;
+
+/// The template host the original recorder defaulted to.
+pub const DEFAULT_TEMPLATE_ADDRESS: &str = "https://recorder.livekit.io/#";
+
+/// Errors while reading the configuration. The texts match the original where it had one.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("missing config")]
+    Missing,
+    #[error("could not read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("could not parse config: {0}")]
+    Parse(String),
+    #[error("invalid profile {0}")]
+    InvalidProfile(String),
+    #[error("invalid config: {key}: {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+/// The whole configuration, as read from YAML, with defaults filled in.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// LiveKit API key, signs the template token.
+    pub api_key: String,
+    /// LiveKit API secret, signs the template token. Never logged.
+    pub api_secret: String,
+    /// LiveKit server websocket address, passed to templates as `?url=`.
+    pub ws_url: String,
+    /// Port of the status server in service mode; 0 = none.
+    pub health_port: u16,
+    /// debug, info, warn, error, fatal or panic.
+    pub log_level: String,
+    /// Base address of the layout templates.
+    pub template_address: String,
+    /// Lets Chromium load insecure content (local testing only).
+    pub insecure: bool,
+    pub redis: RedisConfig,
+    pub file_output: FileOutputConfig,
+    /// Recording options for requests that leave them out.
+    #[serde(deserialize_with = "deserialize_defaults")]
+    pub defaults: Options,
+    /// Seconds a reservation waits for its Start request before the recorder is available again.
+    pub reservation_timeout: u64,
+    /// Seconds a template page has to log START_RECORDING.
+    pub start_timeout: u64,
+    /// The Chromium binary; empty = the first of the usual Debian/Google locations that exists.
+    pub chromium_path: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            api_key: String::new(),
+            api_secret: String::new(),
+            ws_url: String::new(),
+            health_port: 0,
+            log_level: "info".into(),
+            template_address: DEFAULT_TEMPLATE_ADDRESS.into(),
+            insecure: false,
+            redis: RedisConfig::default(),
+            file_output: FileOutputConfig::default(),
+            defaults: Options::default(),
+            reservation_timeout: 10,
+            start_timeout: 60,
+            chromium_path: String::new(),
+        }
+    }
+}
+
+/// `redis:`; `address` may also be a `redis://` or `rediss://` URL.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct RedisConfig {
+    pub address: String,
+    pub username: String,
+    pub password: String,
+    pub db: i64,
+}
+
+/// `file_output:` where finished files go.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct FileOutputConfig {
+    /// Keep files on this machine at the request's `filepath` (forced when no upload is set).
+    pub local: bool,
+    /// Where files bound for an upload are written first; empty = the system temp dir.
+    pub work_dir: String,
+    pub s3: Option<S3Config>,
+    pub azblob: Option<AzureConfig>,
+    pub gcp: Option<GcpConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct S3Config {
+    pub access_key: String,
+    pub secret: String,
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct AzureConfig {
+    pub account_name: String,
+    pub account_key: String,
+    pub container_name: String,
+    pub endpoint: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct GcpConfig {
+    pub bucket: String,
+}
+
+/// `defaults:` as written in YAML: every field optional, `preset` a name or a number.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawDefaults {
+    #[serde(deserialize_with = "deserialize_preset")]
+    preset: RecordingPreset,
+    width: Option<u32>,
+    height: Option<u32>,
+    depth: Option<u32>,
+    framerate: Option<u32>,
+    audio_bitrate: Option<u32>,
+    audio_frequency: Option<u32>,
+    video_bitrate: Option<u32>,
+    profile: Option<String>,
+}
+
+fn deserialize_defaults<'de, D: Deserializer<'de>>(d: D) -> Result<Options, D::Error> {
+    let raw = RawDefaults::deserialize(d)?;
+    if raw.preset != RecordingPreset::None {
+        // A preset replaces all defaults, as in the original.
+        return Ok(Options::from_preset(raw.preset));
+    }
+    let base = Options::default();
+    let profile = match raw.profile {
+        None => base.profile,
+        Some(p) => Profile::parse(&p)
+            .ok_or_else(|| serde::de::Error::custom(ConfigError::InvalidProfile(p)))?,
+    };
+    Ok(Options {
+        width: raw.width.unwrap_or(base.width),
+        height: raw.height.unwrap_or(base.height),
+        depth: raw.depth.unwrap_or(base.depth),
+        framerate: raw.framerate.unwrap_or(base.framerate),
+        audio_bitrate: raw.audio_bitrate.unwrap_or(base.audio_bitrate),
+        audio_frequency: raw.audio_frequency.unwrap_or(base.audio_frequency),
+        video_bitrate: raw.video_bitrate.unwrap_or(base.video_bitrate),
+        profile,
+    })
+}
+
+/// A preset given as its name (`HD_60`, any case) or its number (`2`).
+fn deserialize_preset<'de, D: Deserializer<'de>>(d: D) -> Result<RecordingPreset, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NameOrNumber {
+        Number(i64),
+        Name(String),
+    }
+    let preset = match NameOrNumber::deserialize(d)? {
+        NameOrNumber::Number(n) => i32::try_from(n)
+            .ok()
+            .and_then(|n| RecordingPreset::try_from(n).ok()),
+        NameOrNumber::Name(s) => RecordingPreset::from_str_name(&s.trim().to_ascii_uppercase()),
+    };
+    preset.ok_or_else(|| {
+        serde::de::Error::custom(
+            "unknown preset (NONE, HD_30, HD_60, FULL_HD_30, FULL_HD_60 or 0-4)",
+        )
+    })
+}
+
+/// A loaded configuration and what was noticed while reading it.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    /// Unknown keys, to be logged once logging is up.
+    pub warnings: Vec<String>,
+}
+
+/// Where the configuration comes from: the YAML body wins over a file, as in the original.
+pub fn load(body: Option<&str>, file: Option<&std::path::Path>) -> Result<Loaded, ConfigError> {
+    match (body.filter(|b| !b.trim().is_empty()), file) {
+        (Some(body), _) => parse(body),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            parse(&text)
+        }
+        (None, None) => Err(ConfigError::Missing),
+    }
+}
+
+/// Parses and validates a YAML configuration.
+pub fn parse(yaml: &str) -> Result<Loaded, ConfigError> {
+    let mut unknown = Vec::new();
+    let config: Config = if yaml.trim().is_empty() {
+        Config::default()
+    } else {
+        let de = serde_norway::Deserializer::from_str(yaml);
+        let mut record = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+        let de = serde_ignored::Deserializer::new(de, &mut record);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            // serde_norway names the outer key itself; the full path says it better.
+            let inner = match inner.split_once(": ") {
+                Some((p, rest)) if !p.contains(' ') => rest.to_owned(),
+                _ => inner,
+            };
+            if path == "." || path.is_empty() {
+                ConfigError::Parse(inner)
+            } else {
+                ConfigError::Parse(format!("{path}: {inner}"))
+            }
+        })?
+    };
+    let mut config = config;
+    // The original writes locally when no upload is configured.
+    if config.file_output.s3.is_none()
+        && config.file_output.azblob.is_none()
+        && config.file_output.gcp.is_none()
+    {
+        config.file_output.local = true;
+    }
+    config.validate()?;
+    let warnings = unknown
+        .into_iter()
+        .map(|k| format!("unknown config key `{k}` ignored"))
+        .collect();
+    Ok(Loaded { config, warnings })
+}
+
+impl Config {
+    fn validate(&self) -> Result<(), ConfigError> {
+        const LEVELS: [&str; 7] = ["trace", "debug", "info", "warn", "error", "fatal", "panic"];
+        if !LEVELS.contains(&self.log_level.to_ascii_lowercase().as_str()) {
+            return Err(ConfigError::Invalid {
+                key: "log_level",
+                problem: format!("`{}` is not one of {}", self.log_level, LEVELS.join(", ")),
+            });
+        }
+        self.defaults
+            .check()
+            .map_err(|problem| ConfigError::Invalid {
+                key: "defaults",
+                problem,
+            })?;
+        if let Some(s3) = &self.file_output.s3 {
+            if s3.bucket.is_empty() {
+                return Err(ConfigError::Invalid {
+                    key: "file_output.s3.bucket",
+                    problem: "required when file_output.s3 is set".into(),
+                });
+            }
+        }
+        if let Some(az) = &self.file_output.azblob {
+            for (key, value) in [
+                ("file_output.azblob.account_name", &az.account_name),
+                ("file_output.azblob.account_key", &az.account_key),
+                ("file_output.azblob.container_name", &az.container_name),
+            ] {
+                if value.is_empty() {
+                    return Err(ConfigError::Invalid {
+                        key,
+                        problem: "required when file_output.azblob is set".into(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// How long a reservation may wait for Start.
+    pub fn reservation_timeout(&self) -> Duration {
+        Duration::from_secs(self.reservation_timeout.max(1))
+    }
+
+    /// How long a template page has to log START_RECORDING.
+    pub fn start_timeout(&self) -> Duration {
+        Duration::from_secs(self.start_timeout.max(1))
+    }
+
+    /// Where files bound for an upload are written first.
+    pub fn work_dir(&self) -> PathBuf {
+        if self.file_output.work_dir.is_empty() {
+            std::env::temp_dir()
+        } else {
+            PathBuf::from(&self.file_output.work_dir)
+        }
+    }
+
+    /// The `GST_DEBUG` level the original derived from `log_level`.
+    pub fn gst_debug_level(&self) -> &'static str {
+        match self.log_level.to_ascii_lowercase().as_str() {
+            "trace" | "debug" => "2",
+            "info" | "warn" | "error" => "1",
+            _ => "0",
+        }
+    }
+
+    /// The `tracing` filter directive for `log_level`.
+    pub fn tracing_level(&self) -> &'static str {
+        match self.log_level.to_ascii_lowercase().as_str() {
+            "trace" => "trace",
+            "debug" => "debug",
+            "info" => "info",
+            "warn" => "warn",
+            _ => "error",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_has_the_original_defaults() {
+        let c = parse("").unwrap().config;
+        assert_eq!(c.log_level, "info");
+        assert_eq!(c.template_address, DEFAULT_TEMPLATE_ADDRESS);
+        assert!(
+            c.file_output.local,
+            "local is forced when nothing else is set"
+        );
+        assert_eq!(c.defaults, Options::default());
+        assert_eq!(
+            (c.defaults.width, c.defaults.height, c.defaults.framerate),
+            (1920, 1080, 30)
+        );
+        assert_eq!(c.defaults.video_bitrate, 4500);
+        assert_eq!(c.defaults.audio_frequency, 44100);
+        assert_eq!(c.health_port, 0);
+        assert_eq!(c.reservation_timeout(), Duration::from_secs(10));
+        assert_eq!(c.start_timeout(), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let yaml = r#"
+api_key: key
+api_secret: secret
+ws_url: wss://example.livekit.io
+health_port: 8080
+log_level: debug
+template_address: http://127.0.0.1:1234/#
+insecure: true
+redis: {address: "127.0.0.1:6379", username: u, password: p, db: 3}
+file_output:
+  local: false
+  work_dir: /tmp/work
+  s3: {access_key: a, secret: s, endpoint: "http://127.0.0.1:5000", region: us-east-1, bucket: b}
+defaults:
+  width: 1280
+  height: 720
+  depth: 24
+  framerate: 25
+  audio_bitrate: 96
+  audio_frequency: 48000
+  video_bitrate: 2000
+  profile: high
+reservation_timeout: 7
+start_timeout: 30
+chromium_path: /usr/bin/chromium
+"#;
+        let l = parse(yaml).unwrap();
+        assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+        let c = l.config;
+        assert_eq!(c.api_key, "key");
+        assert_eq!(c.api_secret, "secret");
+        assert_eq!(c.ws_url, "wss://example.livekit.io");
+        assert_eq!(c.health_port, 8080);
+        assert_eq!(c.gst_debug_level(), "2");
+        assert_eq!(c.template_address, "http://127.0.0.1:1234/#");
+        assert!(c.insecure);
+        assert_eq!(c.redis.address, "127.0.0.1:6379");
+        assert_eq!(c.redis.db, 3);
+        assert!(!c.file_output.local, "s3 set: not forced local");
+        assert_eq!(c.work_dir(), PathBuf::from("/tmp/work"));
+        let s3 = c.file_output.s3.clone().unwrap();
+        assert_eq!(
+            (s3.endpoint.as_str(), s3.bucket.as_str()),
+            ("http://127.0.0.1:5000", "b")
+        );
+        assert_eq!(
+            c.defaults,
+            Options {
+                width: 1280,
+                height: 720,
+                depth: 24,
+                framerate: 25,
+                audio_bitrate: 96,
+                audio_frequency: 48000,
+                video_bitrate: 2000,
+                profile: Profile::High,
+            }
+        );
+        assert_eq!(c.reservation_timeout(), Duration::from_secs(7));
+        assert_eq!(c.chromium_path, "/usr/bin/chromium");
+    }
+
+    #[test]
+    fn preset_by_name_or_number_replaces_all_defaults() {
+        for yaml in [
+            "defaults: {preset: HD_60, width: 640}",
+            "defaults: {preset: hd_60}",
+            "defaults: {preset: 2, video_bitrate: 1}",
+        ] {
+            let c = parse(yaml).unwrap().config;
+            assert_eq!(
+                c.defaults,
+                Options::from_preset(RecordingPreset::Hd60),
+                "{yaml}"
+            );
+            assert_eq!((c.defaults.width, c.defaults.framerate), (1280, 60));
+        }
+        let c = parse("defaults: {preset: NONE, width: 640, height: 480}")
+            .unwrap()
+            .config;
+        assert_eq!((c.defaults.width, c.defaults.height), (640, 480));
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let e = parse("defaults: {preset: ULTRA_HD}")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("could not parse config: "), "{e}");
+        assert!(e.contains("defaults.preset"), "{e}");
+        assert!(e.contains("unknown preset"), "{e}");
+
+        let e = parse("health_port: lots").unwrap_err().to_string();
+        assert!(e.contains("health_port"), "{e}");
+
+        let e = parse("defaults: {width: -5}").unwrap_err().to_string();
+        assert!(e.contains("defaults.width"), "{e}");
+
+        let e = parse("defaults: {profile: extreme}")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("invalid profile extreme"), "{e}");
+
+        let e = parse("log_level: loud").unwrap_err().to_string();
+        assert!(e.contains("log_level"), "{e}");
+
+        let e = parse("defaults: {width: 1281, height: 720}")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("defaults") && e.contains("even"), "{e}");
+
+        let e = parse("file_output: {azblob: {account_name: a}}")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("file_output.azblob.account_key"), "{e}");
+
+        let e = parse("api_key: [1, 2").unwrap_err().to_string();
+        assert!(e.starts_with("could not parse config: "), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_are_warned_about() {
+        let l = parse("api_kee: x\nredis: {adress: y}\nfile_output: {local: true}").unwrap();
+        assert_eq!(
+            l.warnings,
+            vec![
+                "unknown config key `api_kee` ignored".to_string(),
+                "unknown config key `redis.adress` ignored".to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn body_wins_over_file_and_nothing_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "api_key: from-file").unwrap();
+        assert_eq!(
+            load(Some("api_key: from-body"), Some(&path))
+                .unwrap()
+                .config
+                .api_key,
+            "from-body"
+        );
+        assert_eq!(load(None, Some(&path)).unwrap().config.api_key, "from-file");
+        assert_eq!(load(None, None).unwrap_err().to_string(), "missing config");
+        let e = load(None, Some(&dir.path().join("nope.yaml")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nope.yaml"), "{e}");
+    }
+
+    #[test]
+    fn the_example_config_is_complete_and_clean() {
+        let l = parse(include_str!("../config.example.yaml")).unwrap();
+        assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+        assert_eq!(l.config.defaults, Options::default());
+        assert_eq!(l.config.template_address, DEFAULT_TEMPLATE_ADDRESS);
+    }
+
+    #[test]
+    fn log_levels_map_to_gst_debug_as_the_original() {
+        let level = |l: &str| {
+            parse(&format!("log_level: {l}"))
+                .unwrap()
+                .config
+                .gst_debug_level()
+        };
+        assert_eq!(level("debug"), "2");
+        assert_eq!(level("info"), "1");
+        assert_eq!(level("error"), "1");
+        assert_eq!(level("panic"), "0");
+    }
+}

@@ -1,0 +1,430 @@
+//! A `StartRecordingRequest` (protojson or protobuf) made into a validated [`RecordingSpec`]:
+//! defaults and presets merged, input and output checked with the original's error messages.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::Config;
+use crate::options::Options;
+use crate::proto::livekit::{start_recording_request, StartRecordingRequest};
+
+/// Validation errors; the texts are the original recorder's, which livekit-server passes on.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RequestError {
+    #[error("missing request")]
+    Missing,
+    #[error("could not read request file {path}: {message}")]
+    Read { path: PathBuf, message: String },
+    #[error("could not parse request: {0}")]
+    Parse(String),
+    #[error("room name required for template input")]
+    RoomNameRequired,
+    #[error("input url or template required")]
+    InputRequired,
+    #[error("output file, s3 path, or rtmp urls required")]
+    OutputRequired,
+    #[error("invalid rtmp url")]
+    InvalidRtmpUrl,
+    #[error("file output must be {{path/}}filename.mp4")]
+    NotMp4,
+    #[error("missing API key or secret key")]
+    MissingApiKey,
+    #[error("invalid options: {0}")]
+    Options(String),
+    #[error("could not create output directory {path}: {message}")]
+    CreateDir { path: PathBuf, message: String },
+}
+
+/// What the page to record is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// Any address Chromium can open; recording starts at once.
+    Url(String),
+    /// A LiveKit room through a layout page; recording spans START_RECORDING..END_RECORDING.
+    Template {
+        layout: String,
+        room_name: String,
+        /// The template host: the request's `base_url` or the config's `template_address`.
+        base_url: String,
+    },
+}
+
+/// Where the recording goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// An MP4 file.
+    File {
+        /// Where the recorder writes it.
+        local_path: PathBuf,
+        /// The object key / blob name for an upload: the request's `filepath` as given.
+        /// `None` when the file stays local.
+        upload_key: Option<String>,
+    },
+    /// FLV streamed to each URL.
+    Rtmp { urls: Vec<String> },
+}
+
+/// A validated recording: everything a session needs to know about what to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordingSpec {
+    /// The recording id (`RR_...` from livekit-server, `standalone` in standalone mode).
+    pub id: String,
+    pub input: Input,
+    pub output: Output,
+    pub options: Options,
+}
+
+impl RecordingSpec {
+    /// The room for template input (goes into the result), empty for URL input.
+    pub fn room_name(&self) -> &str {
+        match &self.input {
+            Input::Template { room_name, .. } => room_name,
+            Input::Url(_) => "",
+        }
+    }
+}
+
+/// Reads a request given as protojson: `snake_case` or `camelCase` keys, enums by name or
+/// number, numbers as JSON numbers or strings.
+pub fn parse_json(json: &str) -> Result<StartRecordingRequest, RequestError> {
+    serde_json::from_str(json).map_err(|e| RequestError::Parse(e.to_string()))
+}
+
+/// The request for standalone mode: the JSON body wins over a file, as in the original.
+pub fn load(
+    body: Option<&str>,
+    file: Option<&Path>,
+) -> Result<StartRecordingRequest, RequestError> {
+    match (body.filter(|b| !b.trim().is_empty()), file) {
+        (Some(body), _) => parse_json(body),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).map_err(|e| RequestError::Read {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+            parse_json(&text)
+        }
+        (None, None) => Err(RequestError::Missing),
+    }
+}
+
+/// Validates a request against the configuration, in the original's order (input, then output),
+/// and prepares its output: the local directory is created (0755), and an upload's file gets a
+/// unique name in the work directory.
+pub fn validate(
+    id: &str,
+    req: &StartRecordingRequest,
+    config: &Config,
+) -> Result<RecordingSpec, RequestError> {
+    let input = match &req.input {
+        Some(start_recording_request::Input::Url(url)) if !url.trim().is_empty() => {
+            Input::Url(url.clone())
+        }
+        Some(start_recording_request::Input::Template(t)) => {
+            if t.room_name.is_empty() {
+                return Err(RequestError::RoomNameRequired);
+            }
+            if config.api_key.is_empty() || config.api_secret.is_empty() {
+                return Err(RequestError::MissingApiKey);
+            }
+            let base_url = if t.base_url.is_empty() {
+                config.template_address.clone()
+            } else {
+                t.base_url.clone()
+            };
+            Input::Template {
+                layout: t.layout.clone(),
+                room_name: t.room_name.clone(),
+                base_url,
+            }
+        }
+        _ => return Err(RequestError::InputRequired),
+    };
+
+    let options = config.defaults.merge(req.options.as_ref());
+    options.check().map_err(RequestError::Options)?;
+
+    let output = match &req.output {
+        Some(start_recording_request::Output::Rtmp(rtmp)) => {
+            if rtmp.urls.is_empty() {
+                return Err(RequestError::OutputRequired);
+            }
+            if rtmp.urls.iter().any(|u| !u.contains("://")) {
+                return Err(RequestError::InvalidRtmpUrl);
+            }
+            Output::Rtmp {
+                urls: rtmp.urls.clone(),
+            }
+        }
+        Some(start_recording_request::Output::Filepath(filepath)) => {
+            file_output(id, filepath, config)?
+        }
+        None => return Err(RequestError::OutputRequired),
+    };
+
+    Ok(RecordingSpec {
+        id: id.to_owned(),
+        input,
+        output,
+        options,
+    })
+}
+
+fn file_output(id: &str, filepath: &str, config: &Config) -> Result<Output, RequestError> {
+    let name = Path::new(filepath)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("");
+    if !filepath.ends_with(".mp4") || name.len() <= ".mp4".len() {
+        return Err(RequestError::NotMp4);
+    }
+    if config.file_output.local {
+        let local_path = PathBuf::from(filepath);
+        if let Some(dir) = local_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            create_dir(dir)?;
+        }
+        return Ok(Output::File {
+            local_path,
+            upload_key: None,
+        });
+    }
+    // Files bound for an upload get a name of their own in the work directory: two recordings
+    // with the same basename never collide.
+    let dir = config.work_dir();
+    create_dir(&dir)?;
+    let safe_id: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let unique = format!(
+        "{safe_id}-{}-{}",
+        std::process::id(),
+        crate::util::random_token(8)
+    );
+    Ok(Output::File {
+        local_path: dir.join(format!("{unique}-{name}")),
+        upload_key: Some(filepath.to_owned()),
+    })
+}
+
+fn create_dir(dir: &Path) -> Result<(), RequestError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .map_err(|e| RequestError::CreateDir {
+            path: dir.to_owned(),
+            message: e.to_string(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options::Profile;
+    use crate::proto::livekit::RecordingPreset;
+
+    fn config(yaml: &str) -> Config {
+        crate::config::parse(yaml).unwrap().config
+    }
+
+    fn check(json: &str, cfg: &Config) -> Result<RecordingSpec, RequestError> {
+        validate("RR_test", &parse_json(json)?, cfg)
+    }
+
+    #[test]
+    fn protojson_forms_are_all_read() {
+        let a = parse_json(
+            r#"{"template": {"layout": "speaker-dark", "room_name": "r"}, "filepath": "a.mp4",
+                "options": {"preset": "HD_60", "width": "1280", "video_bitrate": 2048}}"#,
+        )
+        .unwrap();
+        let b = parse_json(
+            r#"{"template": {"layout": "speaker-dark", "roomName": "r"}, "filepath": "a.mp4",
+                "options": {"preset": 2, "width": 1280, "videoBitrate": "2048"}}"#,
+        )
+        .unwrap();
+        assert_eq!(a, b);
+        let o = a.options.unwrap();
+        assert_eq!(o.preset, RecordingPreset::Hd60 as i32);
+        assert_eq!((o.width, o.video_bitrate), (1280, 2048));
+    }
+
+    #[test]
+    fn bad_json_is_a_clear_error() {
+        let e = parse_json(r#"{"url": 5}"#).unwrap_err().to_string();
+        assert!(e.starts_with("could not parse request: "), "{e}");
+        let e = parse_json(r#"{"options": {"preset": "HD_90"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("could not parse request: "), "{e}");
+        assert_eq!(load(None, None).unwrap_err(), RequestError::Missing);
+    }
+
+    #[test]
+    fn url_to_a_local_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/b/out.mp4");
+        let json = format!(
+            r#"{{"url": "http://127.0.0.1/", "filepath": "{}", "options": {{"preset": "HD_30"}}}}"#,
+            path.display()
+        );
+        let spec = check(&json, &config("")).unwrap();
+        assert_eq!(spec.input, Input::Url("http://127.0.0.1/".into()));
+        assert_eq!(
+            spec.output,
+            Output::File {
+                local_path: path.clone(),
+                upload_key: None
+            }
+        );
+        assert_eq!(spec.options, Options::from_preset(RecordingPreset::Hd30));
+        assert_eq!(spec.room_name(), "");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o755);
+    }
+
+    #[test]
+    fn validation_messages_are_the_originals() {
+        let cfg = config("");
+        let cases = [
+            (r#"{"filepath": "a.mp4"}"#, "input url or template required"),
+            (
+                r#"{"url": "", "filepath": "a.mp4"}"#,
+                "input url or template required",
+            ),
+            (
+                r#"{"template": {"layout": "grid-dark"}, "filepath": "a.mp4"}"#,
+                "room name required for template input",
+            ),
+            (
+                r#"{"template": {"layout": "grid-dark", "room_name": "r"}, "filepath": "a.mp4"}"#,
+                "missing API key or secret key",
+            ),
+            (
+                r#"{"url": "http://x"}"#,
+                "output file, s3 path, or rtmp urls required",
+            ),
+            (
+                r#"{"url": "http://x", "rtmp": {"urls": []}}"#,
+                "output file, s3 path, or rtmp urls required",
+            ),
+            (
+                r#"{"url": "http://x", "rtmp": {"urls": ["rtmp://a/b", "live.twitch.tv"]}}"#,
+                "invalid rtmp url",
+            ),
+            (
+                r#"{"url": "http://x", "filepath": "out/x.avi"}"#,
+                "file output must be {path/}filename.mp4",
+            ),
+            (
+                r#"{"url": "http://x", "filepath": "out/.mp4"}"#,
+                "file output must be {path/}filename.mp4",
+            ),
+        ];
+        for (json, want) in cases {
+            assert_eq!(check(json, &cfg).unwrap_err().to_string(), want, "{json}");
+        }
+        let e = check(
+            r#"{"url": "http://x", "filepath": "/tmp/x.mp4", "options": {"width": 1279, "height": 720}}"#,
+            &cfg,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("invalid options: ") && e.contains("even"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn input_is_checked_before_output() {
+        let e = check(r#"{"filepath": "x.avi"}"#, &config("")).unwrap_err();
+        assert_eq!(e, RequestError::InputRequired);
+    }
+
+    #[test]
+    fn template_takes_base_url_or_the_configured_address() {
+        let cfg = config("api_key: k\napi_secret: s\ntemplate_address: http://t/#");
+        let spec = check(
+            r#"{"template": {"layout": "grid-dark", "room_name": "r"}, "rtmp": {"urls": ["rtmp://a/b"]}}"#,
+            &cfg,
+        )
+        .unwrap();
+        assert_eq!(
+            spec.input,
+            Input::Template {
+                layout: "grid-dark".into(),
+                room_name: "r".into(),
+                base_url: "http://t/#".into()
+            }
+        );
+        assert_eq!(spec.room_name(), "r");
+        assert_eq!(
+            spec.output,
+            Output::Rtmp {
+                urls: vec!["rtmp://a/b".into()]
+            }
+        );
+        let spec = check(
+            r#"{"template": {"layout": "l", "room_name": "r", "base_url": "http://mine"}, "rtmp": {"urls": ["rtmp://a/b"]}}"#,
+            &cfg,
+        )
+        .unwrap();
+        assert!(
+            matches!(spec.input, Input::Template { base_url, .. } if base_url == "http://mine")
+        );
+    }
+
+    #[test]
+    fn uploads_are_written_to_unique_files_in_the_work_dir() {
+        let work = tempfile::tempdir().unwrap();
+        let cfg = config(&format!(
+            "file_output: {{work_dir: {}, s3: {{bucket: b}}}}",
+            work.path().display()
+        ));
+        let json = r#"{"url": "http://x", "filepath": "/rec/room.mp4"}"#;
+        let a = check(json, &cfg).unwrap();
+        let b = check(json, &cfg).unwrap();
+        let (
+            Output::File {
+                local_path: pa,
+                upload_key: ka,
+            },
+            Output::File { local_path: pb, .. },
+        ) = (&a.output, &b.output)
+        else {
+            panic!("file outputs expected");
+        };
+        assert_eq!(
+            ka.as_deref(),
+            Some("/rec/room.mp4"),
+            "key is the filepath as given"
+        );
+        assert_ne!(pa, pb, "two recordings never share a work file");
+        assert!(pa.starts_with(work.path()));
+        assert!(pa.to_str().unwrap().ends_with("room.mp4"));
+    }
+
+    #[test]
+    fn config_defaults_apply_to_requests_without_options() {
+        let cfg = config("defaults: {width: 1280, height: 720, profile: high}");
+        let spec = check(
+            r#"{"url": "http://x", "filepath": "/tmp/lkr-test/x.mp4"}"#,
+            &cfg,
+        )
+        .unwrap();
+        assert_eq!((spec.options.width, spec.options.height), (1280, 720));
+        assert_eq!(spec.options.profile, Profile::High);
+    }
+}
