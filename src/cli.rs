@@ -1,0 +1,125 @@
+//! Command line and environment: which mode, which config, which request. Compatible with the
+//! original's `LIVEKIT_RECORDER_CONFIG`, `RECORDING_REQUEST` and `SERVICE_MODE`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, Config};
+use crate::{request, standalone};
+
+/// Records web pages and LiveKit rooms to MP4 files or RTMP streams.
+#[derive(Debug, Parser)]
+#[command(name = "livekit-recorder", version, about)]
+pub struct Args {
+    /// Run as a service that takes recordings from livekit-server over Redis.
+    #[arg(long, env = "SERVICE_MODE")]
+    pub service_mode: bool,
+    /// YAML config file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// YAML config as a string; wins over --config.
+    #[arg(
+        long,
+        env = "LIVEKIT_RECORDER_CONFIG",
+        value_name = "YAML",
+        hide_env_values = true
+    )]
+    pub config_body: Option<String>,
+    /// Standalone mode: StartRecordingRequest JSON file.
+    #[arg(long, value_name = "FILE")]
+    pub request: Option<PathBuf>,
+    /// Standalone mode: StartRecordingRequest JSON; wins over --request.
+    #[arg(
+        long,
+        env = "RECORDING_REQUEST",
+        value_name = "JSON",
+        hide_env_values = true
+    )]
+    pub request_body: Option<String>,
+}
+
+/// Exit codes: 0 success, 1 the recording failed, 2 bad configuration or request.
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    let loaded = match config::load(args.config_body.as_deref(), args.config.as_deref()) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("livekit-recorder: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = loaded.config;
+    // Before any thread exists: GStreamer reads this at init.
+    if std::env::var_os("GST_DEBUG").is_none() {
+        std::env::set_var("GST_DEBUG", config.gst_debug_level());
+    }
+    init_tracing(&config);
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("livekit-recorder: could not start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let root = CancellationToken::new();
+    let code = if args.service_mode {
+        runtime.block_on(crate::service::run_with_signals(Arc::new(config), root))
+    } else {
+        runtime.block_on(run_standalone(&args, config, root))
+    };
+    // Anything still running (a stuck reader) must not keep the process up.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    code
+}
+
+async fn run_standalone(args: &Args, config: Config, root: CancellationToken) -> ExitCode {
+    let req = match request::load(args.request_body.as_deref(), args.request.as_deref()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("livekit-recorder: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let outcome = standalone::run(Arc::new(config), req, root).await;
+    println!(
+        "{}",
+        serde_json::to_string(&outcome).expect("the outcome always serializes")
+    );
+    if outcome.ok() {
+        tracing::info!("recording complete");
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("livekit-recorder: recording failed: {}", outcome.error);
+        ExitCode::from(1)
+    }
+}
+
+fn init_tracing(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!(
+            "{},chromiumoxide=warn,tungstenite=warn",
+            config.tracing_level()
+        ))
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

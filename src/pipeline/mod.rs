@@ -1,0 +1,503 @@
+//! The GStreamer graph of a recording: X display and PulseAudio monitor in, H.264 + AAC out, into a
+//! crash-safe fragmented MP4 or an FLV stream per RTMP URL.
+//!
+//! ```text
+//! ximagesrc -> capsfilter(fps) -> queue -> videoconvert -> capsfilter(I420) -> x264enc
+//!           -> capsfilter(profile) -> h264parse -> queue --\
+//!                                                           mux -> filesink | tee -> queue -> rtmp2sink ...
+//! pulsesrc -> audioresample -> capsfilter(rate, 2ch) -> audioconvert -> avenc_aac
+//!          -> aacparse -> queue --------------------------/
+//! ```
+//!
+//! The bus is read by a task that turns messages into [`PipelineEvent`]s. Stopping sends EOS and
+//! waits for it to reach the sink, so that the muxer finishes the file; dropping a [`Pipeline`]
+//! sets it to NULL.
+
+pub mod remux;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures::StreamExt;
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::options::Options;
+
+/// How long mp4mux fragments are; also how much a killed recording can lose at most.
+const FRAGMENT_MS: u32 = 1000;
+/// Queues between the encoders and the muxer hold up to this much.
+const QUEUE_TIME: u64 = 3_000_000_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("GStreamer init failed: {0}")]
+    Init(String),
+    #[error("missing GStreamer element {0} (is its plugin installed?)")]
+    MissingElement(String),
+    #[error("could not build the pipeline: {0}")]
+    Build(String),
+    #[error("pipeline did not start: {0}")]
+    Start(String),
+    #[error("{0}")]
+    Runtime(String),
+    #[error("pipeline did not finish within {0:?}")]
+    EosTimeout(Duration),
+}
+
+impl From<gst::glib::BoolError> for PipelineError {
+    fn from(e: gst::glib::BoolError) -> Self {
+        Self::Build(e.to_string())
+    }
+}
+
+impl From<gst::PadLinkError> for PipelineError {
+    fn from(e: gst::PadLinkError) -> Self {
+        Self::Build(format!("pad link: {e:?}"))
+    }
+}
+
+/// Initialises GStreamer once per process.
+pub fn init() -> Result<(), PipelineError> {
+    static INIT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    INIT.get_or_init(|| {
+        guard_against_x_io_errors();
+        gst::init().map_err(|e| e.to_string())
+    })
+    .clone()
+    .map_err(PipelineError::Init)
+}
+
+/// Xlib's default reaction to a lost X server (the session's Xvfb died) is `exit(1)`, from
+/// whichever thread noticed: the screen grabber would take the whole recorder (and in service
+/// mode the daemon) down with it. This replaces it, process-wide, with a handler that parks the
+/// grabbing thread instead; the session sees the dead Xvfb, pushes EOS past the parked branch
+/// and finishes the file.
+fn guard_against_x_io_errors() {
+    type Handler = unsafe extern "C" fn(*mut libc::c_void) -> libc::c_int;
+    unsafe extern "C" fn park_forever(_display: *mut libc::c_void) -> libc::c_int {
+        tracing::error!("connection to the X server lost; parking the screen grabber");
+        loop {
+            std::thread::park();
+        }
+    }
+    // SAFETY: dlopen/dlsym with valid C strings; the symbol has the C signature
+    // `XIOErrorHandler XSetIOErrorHandler(XIOErrorHandler)`. The library handle is kept open
+    // for the life of the process, as libX11 is by the X plugins anyway.
+    unsafe {
+        let lib = libc::dlopen(c"libX11.so.6".as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL);
+        if lib.is_null() {
+            tracing::warn!("libX11 not found: a lost X server would end the process");
+            return;
+        }
+        let sym = libc::dlsym(lib, c"XSetIOErrorHandler".as_ptr());
+        if sym.is_null() {
+            tracing::warn!("XSetIOErrorHandler not found: a lost X server would end the process");
+            return;
+        }
+        let set: unsafe extern "C" fn(Option<Handler>) -> Option<Handler> =
+            std::mem::transmute(sym);
+        set(Some(park_forever));
+    }
+}
+
+/// Where the encoded recording goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sink {
+    File(PathBuf),
+    Rtmp(Vec<String>),
+}
+
+/// What to capture and how to encode it.
+#[derive(Debug, Clone)]
+pub struct PipelineSpec {
+    pub display: String,
+    pub pulse_server: String,
+    pub pulse_device: String,
+    pub options: Options,
+    pub sink: Sink,
+}
+
+/// What the pipeline reports while it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PipelineEvent {
+    /// The pipeline reached PLAYING.
+    Playing,
+    /// EOS reached the sink: the output is finished.
+    Eos,
+    /// An element failed.
+    Error { element: String, message: String },
+}
+
+/// A built pipeline and its bus reader.
+pub struct Pipeline {
+    pipeline: gst::Pipeline,
+    mux: gst::Element,
+    events: mpsc::UnboundedReceiver<PipelineEvent>,
+    bus_task: JoinHandle<()>,
+    playing: bool,
+    /// The transition to NULL, once started (it runs on a blocking thread: a source stuck on a
+    /// frozen server must not stall the runtime).
+    null_task: Option<JoinHandle<()>>,
+}
+
+impl Pipeline {
+    /// Builds the graph for `spec`; nothing runs until [`Self::play`].
+    pub fn build(spec: &PipelineSpec) -> Result<Self, PipelineError> {
+        init()?;
+        let o = &spec.options;
+        let pipeline = gst::Pipeline::with_name("pipeline");
+        // The system's monotonic clock, not the audio server's: the screen is sampled on real
+        // time, and pulsesrc slaves its timestamps to it.
+        pipeline.use_clock(Some(&gst::SystemClock::obtain()));
+
+        // Video: the whole screen at the requested rate.
+        let framerate = gst::Fraction::new(
+            i32::try_from(o.framerate).expect("framerate is checked to be small"),
+            1,
+        );
+        let vsrc = make("ximagesrc", "video_src")?;
+        vsrc.set_property("display-name", &spec.display);
+        vsrc.set_property("use-damage", false);
+        vsrc.set_property("show-pointer", false);
+        let vrate = capsfilter(
+            "video_rate",
+            gst::Caps::builder("video/x-raw")
+                .field("framerate", framerate)
+                .build(),
+        )?;
+        let vqueue_raw = queue("video_raw_queue", 0)?;
+        let vconvert = make("videoconvert", "video_convert")?;
+        vconvert.set_property("n-threads", 2u32);
+        let vformat = capsfilter(
+            "video_format",
+            gst::Caps::builder("video/x-raw")
+                .field("format", "I420")
+                .build(),
+        )?;
+        let venc = make("x264enc", "video_enc")?;
+        venc.set_property("bitrate", o.video_bitrate);
+        venc.set_property_from_str("speed-preset", "veryfast");
+        venc.set_property_from_str("tune", "zerolatency");
+        // A keyframe at least every 2 s: seekable files, quick joins for RTMP viewers.
+        venc.set_property("key-int-max", o.framerate * 2);
+        let vprofile = capsfilter(
+            "video_profile",
+            gst::Caps::builder("video/x-h264")
+                .field("profile", o.profile.as_str())
+                .build(),
+        )?;
+        let vparse = make("h264parse", "video_parse")?;
+        let vqueue = queue("video_queue", QUEUE_TIME)?;
+
+        // Audio: the session sink's monitor at the requested rate.
+        let asrc = make("pulsesrc", "audio_src")?;
+        asrc.set_property("server", &spec.pulse_server);
+        asrc.set_property("device", &spec.pulse_device);
+        let aresample = make("audioresample", "audio_resample")?;
+        let arate = capsfilter(
+            "audio_rate",
+            gst::Caps::builder("audio/x-raw")
+                .field(
+                    "rate",
+                    i32::try_from(o.audio_frequency).expect("frequency is checked to be small"),
+                )
+                .field("channels", 2i32)
+                .build(),
+        )?;
+        // avenc_aac wants planar float: the converter goes right before it.
+        let aconvert = make("audioconvert", "audio_convert")?;
+        let aenc = make("avenc_aac", "audio_enc")?;
+        aenc.set_property(
+            "bitrate",
+            i32::try_from(o.audio_bitrate * 1000).expect("bitrate is checked to be small"),
+        );
+        let aparse = make("aacparse", "audio_parse")?;
+        let aqueue = queue("audio_queue", QUEUE_TIME)?;
+
+        let video = [
+            &vsrc,
+            &vrate,
+            &vqueue_raw,
+            &vconvert,
+            &vformat,
+            &venc,
+            &vprofile,
+            &vparse,
+            &vqueue,
+        ];
+        let audio = [
+            &asrc, &aresample, &arate, &aconvert, &aenc, &aparse, &aqueue,
+        ];
+        pipeline.add_many(video)?;
+        pipeline.add_many(audio)?;
+        gst::Element::link_many(video)?;
+        gst::Element::link_many(audio)?;
+
+        let (mux, video_pad, audio_pad) = match &spec.sink {
+            Sink::File(path) => {
+                let mux = make("mp4mux", "mux")?;
+                // Fragmented while recording: a killed recorder leaves a playable file.
+                mux.set_property("fragment-duration", FRAGMENT_MS);
+                let sink = make("filesink", "file_sink")?;
+                sink.set_property(
+                    "location",
+                    path.to_str().ok_or_else(|| {
+                        PipelineError::Build(format!("output path {} is not UTF-8", path.display()))
+                    })?,
+                );
+                sink.set_property("sync", false);
+                sink.set_property("async", false);
+                pipeline.add_many([&mux, &sink])?;
+                mux.link(&sink)?;
+                (mux, "video_%u", "audio_%u")
+            }
+            Sink::Rtmp(urls) => {
+                let mux = make("flvmux", "mux")?;
+                mux.set_property("streamable", true);
+                let tee = make("tee", "tee")?;
+                tee.set_property("allow-not-linked", true);
+                pipeline.add_many([&mux, &tee])?;
+                mux.link(&tee)?;
+                for (i, url) in urls.iter().enumerate() {
+                    let q = queue(&format!("queue_{i}"), QUEUE_TIME)?;
+                    q.set_property_from_str("leaky", "downstream");
+                    let sink = make("rtmp2sink", &format!("sink_{i}"))?;
+                    sink.set_property("location", url);
+                    sink.set_property("sync", false);
+                    sink.set_property("async", false);
+                    pipeline.add_many([&q, &sink])?;
+                    q.link(&sink)?;
+                    let tee_pad = tee
+                        .request_pad_simple("src_%u")
+                        .ok_or_else(|| PipelineError::Build("tee gave no pad".into()))?;
+                    let q_pad = q.static_pad("sink").expect("queues have a sink pad");
+                    tee_pad.link(&q_pad)?;
+                }
+                (mux, "video", "audio")
+            }
+        };
+        link_to_mux(&vqueue, &mux, video_pad)?;
+        link_to_mux(&aqueue, &mux, audio_pad)?;
+
+        let (tx, events) = mpsc::unbounded_channel();
+        let bus = pipeline.bus().expect("a pipeline has a bus");
+        let pipeline_name = pipeline.name();
+        let bus_task = tokio::spawn(async move {
+            let mut messages = bus.stream();
+            while let Some(msg) = messages.next().await {
+                if let Some(event) = to_event(&msg, &pipeline_name) {
+                    if tx.send(event).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(Self {
+            pipeline,
+            mux,
+            events,
+            bus_task,
+            playing: false,
+            null_task: None,
+        })
+    }
+
+    /// Sets the pipeline playing and waits until it is (or fails).
+    pub async fn play(&mut self, timeout: Duration) -> Result<(), PipelineError> {
+        self.pipeline.set_state(gst::State::Playing).map_err(|e| {
+            PipelineError::Start(self.first_error().unwrap_or_else(|| e.to_string()))
+        })?;
+        let wait = async {
+            match self.events.recv().await {
+                Some(PipelineEvent::Playing) => Ok(()),
+                Some(PipelineEvent::Error { element, message }) => {
+                    Err(PipelineError::Start(format!("{element}: {message}")))
+                }
+                Some(PipelineEvent::Eos) => {
+                    Err(PipelineError::Start("end of stream before start".into()))
+                }
+                None => Err(PipelineError::Start("bus closed".into())),
+            }
+        };
+        let r = tokio::time::timeout(timeout, wait)
+            .await
+            .map_err(|_| PipelineError::Start(format!("not playing after {timeout:?}")))?;
+        self.playing = r.is_ok();
+        r
+    }
+
+    /// The next event from the bus; `None` once the bus is gone.
+    pub async fn next_event(&mut self) -> Option<PipelineEvent> {
+        self.events.recv().await
+    }
+
+    /// Ends the recording: sends EOS and waits until the sink has it, so the output is finished.
+    /// If a branch is stuck (its source died), EOS is pushed into the muxer directly halfway
+    /// through `timeout`. The pipeline keeps its state; [`Self::shutdown`] stops it.
+    pub async fn finish(&mut self, timeout: Duration) -> Result<(), PipelineError> {
+        if !self.playing {
+            return Ok(());
+        }
+        let pipeline = self.pipeline.clone();
+        // Detached: a source blocked on a frozen server must not block us.
+        drop(tokio::task::spawn_blocking(move || {
+            pipeline.send_event(gst::event::Eos::new())
+        }));
+        let half = timeout / 2;
+        match self.wait_eos(half).await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {
+                tracing::warn!("EOS did not reach the sink in time; pushing it into the muxer")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "pipeline error while finishing; pushing EOS into the muxer")
+            }
+        }
+        let mux = self.mux.clone();
+        drop(tokio::task::spawn_blocking(move || {
+            for pad in mux.sink_pads() {
+                pad.send_event(gst::event::Eos::new());
+            }
+        }));
+        match self.wait_eos(half).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(PipelineError::EosTimeout(timeout)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Waits up to `timeout` for EOS; Ok(false) on timeout, Err on an element error.
+    async fn wait_eos(&mut self, timeout: Duration) -> Result<bool, PipelineError> {
+        let wait = async {
+            while let Some(ev) = self.events.recv().await {
+                match ev {
+                    PipelineEvent::Eos => return Ok(true),
+                    PipelineEvent::Error { element, message } => {
+                        return Err(PipelineError::Runtime(format!("{element}: {message}")))
+                    }
+                    PipelineEvent::Playing => {}
+                }
+            }
+            Ok(false)
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .unwrap_or(Ok(false))
+    }
+
+    /// Stops the pipeline (NULL): what is written stays, finished or not. Returns false if the
+    /// transition has not completed within `timeout` (a source blocked on a frozen server); it
+    /// goes on in the background and a later call waits for it again.
+    pub async fn shutdown(&mut self, timeout: Duration) -> bool {
+        self.playing = false;
+        let task = self.null_task.get_or_insert_with(|| {
+            let pipeline = self.pipeline.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = pipeline.set_state(gst::State::Null) {
+                    tracing::warn!(error = %e, "could not set the pipeline to NULL");
+                }
+            })
+        });
+        if task.is_finished() {
+            return true;
+        }
+        tokio::time::timeout(timeout, task).await.is_ok()
+    }
+
+    fn first_error(&self) -> Option<String> {
+        let bus = self.pipeline.bus()?;
+        let msg = bus.pop_filtered(&[gst::MessageType::Error])?;
+        match msg.view() {
+            gst::MessageView::Error(e) => Some(e.error().to_string()),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        self.bus_task.abort();
+        if self.null_task.is_none() {
+            // Never block the dropping thread: a stuck source would hang it.
+            let pipeline = self.pipeline.clone();
+            std::thread::spawn(move || {
+                let _ = pipeline.set_state(gst::State::Null);
+            });
+        }
+    }
+}
+
+fn to_event(msg: &gst::Message, pipeline_name: &str) -> Option<PipelineEvent> {
+    use gst::MessageView;
+    match msg.view() {
+        MessageView::Eos(_) => Some(PipelineEvent::Eos),
+        MessageView::Error(e) => {
+            let element = e
+                .src()
+                .map(|s| s.name().to_string())
+                .unwrap_or_else(|| "pipeline".into());
+            tracing::debug!(element, error = %e.error(), debug = ?e.debug(), "pipeline error");
+            Some(PipelineEvent::Error {
+                element,
+                message: e.error().to_string(),
+            })
+        }
+        MessageView::Warning(w) => {
+            let element = w.src().map(|s| s.name().to_string()).unwrap_or_default();
+            tracing::debug!(element, warning = %w.error(), debug = ?w.debug(), "pipeline warning");
+            None
+        }
+        MessageView::StateChanged(s) => {
+            let from_pipeline = s
+                .src()
+                .map(|src| src.name() == pipeline_name)
+                .unwrap_or(false);
+            (from_pipeline && s.current() == gst::State::Playing).then_some(PipelineEvent::Playing)
+        }
+        _ => None,
+    }
+}
+
+fn make(factory: &str, name: &str) -> Result<gst::Element, PipelineError> {
+    gst::ElementFactory::make(factory)
+        .name(name)
+        .build()
+        .map_err(|_| PipelineError::MissingElement(factory.to_owned()))
+}
+
+fn capsfilter(name: &str, caps: gst::Caps) -> Result<gst::Element, PipelineError> {
+    let f = make("capsfilter", name)?;
+    f.set_property("caps", caps);
+    Ok(f)
+}
+
+/// A queue bounded by time only (`max_time` ns; 0 = a short raw-frame queue of 3 buffers).
+fn queue(name: &str, max_time: u64) -> Result<gst::Element, PipelineError> {
+    let q = make("queue", name)?;
+    if max_time == 0 {
+        q.set_property("max-size-buffers", 3u32);
+        q.set_property("max-size-bytes", 0u32);
+        q.set_property("max-size-time", 0u64);
+    } else {
+        q.set_property("max-size-time", max_time);
+        q.set_property("max-size-buffers", 0u32);
+        q.set_property("max-size-bytes", 0u32);
+    }
+    Ok(q)
+}
+
+fn link_to_mux(
+    from: &gst::Element,
+    mux: &gst::Element,
+    template: &str,
+) -> Result<(), PipelineError> {
+    let mux_pad = mux
+        .request_pad_simple(template)
+        .ok_or_else(|| PipelineError::Build(format!("{} gave no {template} pad", mux.name())))?;
+    let src = from.static_pad("src").expect("queues have a src pad");
+    src.link(&mux_pad)?;
+    Ok(())
+}

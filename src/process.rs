@@ -1,0 +1,301 @@
+//! Supervised child processes.
+//!
+//! Every child runs in a process group of its own, so that it and everything it forks (Chromium's
+//! helpers, say) can be signalled together. A reaper task owns the `tokio::process::Child` and
+//! publishes its exit; the [`Child`] handle stops the group gracefully (SIGTERM, a grace period,
+//! then SIGKILL), waits until no process of the group is left, and kills the group when dropped.
+
+use std::collections::VecDeque;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::sync::watch;
+
+/// How long [`Child::stop`] waits for the group to be gone after SIGKILL.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("could not start {name}: {source}")]
+    Spawn {
+        name: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{name} (process group {pgid}) did not go away after SIGKILL")]
+    Unkillable { name: &'static str, pgid: i32 },
+}
+
+/// A running child process and its process group.
+#[derive(Debug)]
+pub struct Child {
+    name: &'static str,
+    pgid: Pid,
+    exit: watch::Receiver<Option<String>>,
+    log: LineLog,
+    gone: bool,
+}
+
+/// The pipes a caller asked for in the `Command`, handed back after the spawn.
+#[derive(Debug)]
+pub struct Spawned {
+    pub child: Child,
+    pub stdout: Option<tokio::process::ChildStdout>,
+    pub stderr: Option<tokio::process::ChildStderr>,
+}
+
+impl Child {
+    /// Starts `cmd` in a new process group. Standard input is closed; standard output and error
+    /// are as the caller set them (inherited when not set).
+    pub fn spawn(
+        name: &'static str,
+        mut cmd: tokio::process::Command,
+    ) -> Result<Spawned, ProcessError> {
+        cmd.process_group(0).kill_on_drop(true).stdin(Stdio::null());
+        // If the recorder itself is killed (SIGKILL, OOM), its children must not live on.
+        // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) between fork and exec.
+        let parent = std::process::id();
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent may have died before prctl took effect.
+                if libc::getppid() as u32 != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|source| ProcessError::Spawn { name, source })?;
+        let pid = child.id().expect("a child that was just spawned has a pid");
+        let pgid = Pid::from_raw(i32::try_from(pid).expect("pids fit in i32"));
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        let (tx, exit) = watch::channel(None);
+        tokio::spawn(async move {
+            let status = match child.wait().await {
+                Ok(s) => s.to_string(),
+                Err(e) => format!("wait failed: {e}"),
+            };
+            tracing::debug!(process = name, pid, %status, "process exited");
+            // Nobody listening is fine: the handle is gone and has killed the group.
+            let _ = tx.send(Some(status));
+        });
+        tracing::debug!(process = name, pid, "process started");
+        Ok(Spawned {
+            child: Child {
+                name,
+                pgid,
+                exit,
+                log: LineLog::default(),
+                gone: false,
+            },
+            stdout,
+            stderr,
+        })
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pgid.as_raw().unsigned_abs()
+    }
+
+    /// The exit status of the group leader, once it has exited.
+    pub fn exit_status(&self) -> Option<String> {
+        self.exit.borrow().clone()
+    }
+
+    /// Waits for the group leader to exit and says how it ended.
+    pub async fn exited(&self) -> String {
+        let mut rx = self.exit.clone();
+        let status = match rx.wait_for(Option::is_some).await {
+            Ok(status) => status.clone().unwrap_or_default(),
+            Err(_) => "reaper gone".into(),
+        };
+        status
+    }
+
+    /// A description of an unexpected exit: the status and the last lines the process printed.
+    pub fn death_note(&self, status: &str) -> String {
+        let tail = self.log.tail();
+        if tail.is_empty() {
+            format!("{} exited unexpectedly ({status})", self.name)
+        } else {
+            format!("{} exited unexpectedly ({status}): {tail}", self.name)
+        }
+    }
+
+    /// Logs each line `reader` gives at debug level and keeps the last few for [`Self::death_note`].
+    pub fn log_output<R: AsyncRead + Unpin + Send + 'static>(&self, reader: R) {
+        let log = self.log.clone();
+        let name = self.name;
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(reader).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::debug!(process = name, "{line}");
+                log.push(line);
+            }
+        });
+    }
+
+    /// Sends `signal` to the whole group.
+    pub fn signal(&self, signal: Signal) {
+        if !self.gone {
+            if let Err(e) = killpg(self.pgid, signal) {
+                tracing::trace!(process = self.name, %e, ?signal, "signal not delivered");
+            }
+        }
+    }
+
+    /// Whether any process of the group is still there.
+    pub fn group_alive(&self) -> bool {
+        !self.gone && killpg(self.pgid, None).is_ok()
+    }
+
+    /// Stops the group: SIGTERM, up to `grace` for it to go, then SIGKILL; returns once no process
+    /// of the group is left.
+    pub async fn stop(&mut self, grace: Duration) -> Result<(), ProcessError> {
+        if self.gone {
+            return Ok(());
+        }
+        self.signal(Signal::SIGTERM);
+        // A stopped process would hold SIGTERM pending until the grace period ran out.
+        self.signal(Signal::SIGCONT);
+        if !self.wait_group_gone(grace).await {
+            tracing::debug!(process = self.name, "still running after SIGTERM, killing");
+            self.signal(Signal::SIGKILL);
+            if !self.wait_group_gone(KILL_WAIT).await {
+                return Err(ProcessError::Unkillable {
+                    name: self.name,
+                    pgid: self.pgid.as_raw(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Kills the group at once and waits until it is gone.
+    pub async fn kill(&mut self) -> Result<(), ProcessError> {
+        self.stop(Duration::ZERO).await
+    }
+
+    async fn wait_group_gone(&mut self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // The leader must be reaped (its zombie still counts) and every member gone.
+            if self.exit_status().is_some() && killpg(self.pgid, None).is_err() {
+                self.gone = true;
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if !self.gone {
+            tracing::debug!(process = self.name, "killing process group on drop");
+            self.signal(Signal::SIGKILL);
+        }
+    }
+}
+
+/// The last lines a process printed, for error messages.
+#[derive(Debug, Clone, Default)]
+struct LineLog(Arc<Mutex<VecDeque<String>>>);
+
+impl LineLog {
+    const KEEP: usize = 3;
+
+    fn push(&self, line: String) {
+        if line.trim().is_empty() {
+            return;
+        }
+        let mut lines = self.0.lock().expect("line log lock is never poisoned");
+        if lines.len() == Self::KEEP {
+            lines.pop_front();
+        }
+        lines.push_back(line);
+    }
+
+    fn tail(&self) -> String {
+        let lines = self.0.lock().expect("line log lock is never poisoned");
+        lines.iter().cloned().collect::<Vec<_>>().join(" | ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new("sh");
+        c.arg("-c").arg(script);
+        c
+    }
+
+    #[tokio::test]
+    async fn stop_takes_the_whole_group() {
+        // The shell ignores SIGTERM and has a grandchild: both must be gone after stop.
+        let s = Child::spawn("test", sh("trap '' TERM; sleep 600 & sleep 600; wait")).unwrap();
+        let mut child = s.child;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(child.group_alive());
+        child.stop(Duration::from_millis(300)).await.unwrap();
+        assert!(!child.group_alive());
+        assert!(child.exit_status().unwrap().contains("signal"));
+    }
+
+    #[tokio::test]
+    async fn drop_kills_the_group() {
+        let s = Child::spawn("test", sh("sleep 600 & sleep 600; wait")).unwrap();
+        let pgid = s.child.pgid;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(s.child);
+        let mut gone = false;
+        for _ in 0..100 {
+            if killpg(pgid, None).is_err() {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(gone, "group survived the drop of its handle");
+    }
+
+    #[tokio::test]
+    async fn death_note_carries_the_last_output() {
+        let mut cmd = sh("echo one >&2; echo two >&2; exit 3");
+        cmd.stderr(Stdio::piped());
+        let s = Child::spawn("thing", cmd).unwrap();
+        s.child.log_output(s.stderr.unwrap());
+        let status = s.child.exited().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let note = s.child.death_note(&status);
+        assert!(
+            note.starts_with("thing exited unexpectedly (exit status: 3)"),
+            "{note}"
+        );
+        assert!(note.contains("one | two"), "{note}");
+    }
+
+    #[tokio::test]
+    async fn spawn_failure_names_the_program() {
+        let e =
+            Child::spawn("nothing", tokio::process::Command::new("/nonexistent/x")).unwrap_err();
+        assert!(e.to_string().starts_with("could not start nothing"));
+    }
+}
