@@ -1,0 +1,80 @@
+# syntax=docker/dockerfile:1
+#
+# livekit-recorder: Chromium on Xvfb + PulseAudio, captured with GStreamer, one recording per container.
+#
+#   docker build -t livekit-recorder .
+#   docker run --rm --shm-size=1g -e LIVEKIT_RECORDER_CONFIG="$(cat config.yaml)" livekit-recorder
+#
+# System packages come from deploy/install-deps.sh, the one list shared with CI and the Makefile.
+
+ARG RUST_VERSION=1.95
+ARG DEBIAN_RELEASE=bookworm
+
+# ---- build: compile the release binary --------------------------------------------------------
+FROM rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE} AS build
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+WORKDIR /src
+
+# pkg-config and the GStreamer/OpenSSL dev libraries (the `build` profile), in their own layer so a
+# source change does not reinstall them.
+COPY deploy/install-deps.sh deploy/install-deps.sh
+RUN bash deploy/install-deps.sh build \
+ && rm -rf /var/lib/apt/lists/*
+
+COPY . .
+# Cache mounts keep the crate registry and target/ between builds; the binary is copied out of the
+# cached target/ so that it lands in the layer.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked \
+ && install -m 0755 target/release/livekit-recorder /usr/local/bin/livekit-recorder
+
+# ---- runtime ----------------------------------------------------------------------------------
+FROM debian:${DEBIAN_RELEASE}-slim AS runtime
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+
+# Xvfb, PulseAudio, Chromium, GStreamer plugins, tini and curl (the `runtime` profile).
+COPY deploy/install-deps.sh /tmp/deploy/install-deps.sh
+RUN bash /tmp/deploy/install-deps.sh runtime \
+ && rm -rf /tmp/deploy /var/lib/apt/lists/*
+
+# A non-root user with a writable home (PulseAudio and Chromium keep state there), a writable output
+# directory and a writable work directory (recordings are written there before upload).
+# /tmp/.X11-unix is made root-owned and sticky so that Xvfb, running as this user, can put its socket
+# there without complaint.
+ARG RECORDER_UID=10001
+RUN groupadd --system --gid "${RECORDER_UID}" recorder \
+ && useradd --system --uid "${RECORDER_UID}" --gid recorder --create-home --home-dir /home/recorder \
+      --shell /usr/sbin/nologin recorder \
+ && install -d -o recorder -g recorder -m 0750 /out /var/lib/livekit-recorder \
+ && install -d -o root -g root -m 1777 /tmp/.X11-unix
+
+COPY --from=build /usr/local/bin/livekit-recorder /usr/local/bin/livekit-recorder
+
+# SERVICE_MODE=1: claim recordings from livekit-server over Redis (the config's `redis:` section).
+# The config is a YAML string in LIVEKIT_RECORDER_CONFIG, or a file passed with `--config FILE`.
+# HEALTH_PORT only tells the HEALTHCHECK below where to look: keep it equal to the config's
+# `health_port` (0 turns the check off, as health_port: 0 turns the server off).
+ENV SERVICE_MODE=1 \
+    HEALTH_PORT=8080 \
+    HOME=/home/recorder
+
+USER ${RECORDER_UID}:${RECORDER_UID}
+WORKDIR /var/lib/livekit-recorder
+
+EXPOSE 8080
+
+# The health server answers 200 with the bare status text (starting|available|reserved|recording|
+# stopping) on any path.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+  CMD ["/bin/sh", "-c", "[ \"${HEALTH_PORT}\" = 0 ] || curl -fsS -o /dev/null \"http://127.0.0.1:${HEALTH_PORT}/\" || exit 1"]
+
+# SIGTERM (docker stop, Kubernetes pod deletion) is the graceful stop: the recording in progress is
+# allowed to finish (an End RPC, or the page logging END_RECORDING), its result is published, and the
+# recorder then exits 0. Give it the time to do so (docker stop -t, terminationGracePeriodSeconds).
+# SIGINT ends the recording now (EOS, file finished, result published); a second SIGINT forces exit.
+STOPSIGNAL SIGTERM
+
+# tini is PID 1: it forwards signals to the recorder and reaps the zombies that Chromium's helpers
+# and other children leave behind.
+ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/livekit-recorder"]
