@@ -15,8 +15,16 @@ use crate::{request, standalone};
 #[derive(Debug, Parser)]
 #[command(name = "livekit-recorder", version, about)]
 pub struct Args {
-    /// Run as a service that takes recordings from livekit-server over Redis.
-    #[arg(long, env = "SERVICE_MODE")]
+    /// Run as a service that takes recordings from livekit-server over Redis
+    /// (SERVICE_MODE=1/true/yes/on).
+    #[arg(
+        long,
+        env = "SERVICE_MODE",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        num_args = 0..=1,
+        default_value = "false",
+        default_missing_value = "true"
+    )]
     pub service_mode: bool,
     /// YAML config file.
     #[arg(long, value_name = "FILE")]
@@ -121,5 +129,20 @@ fn init_tracing(config: &Config) {
         builder.json().init();
     } else {
         builder.init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_mode_takes_the_originals_spellings() {
+        let parse = |args: &[&str]| Args::try_parse_from(args.iter().copied());
+        assert!(parse(&["r", "--service-mode"]).unwrap().service_mode);
+        assert!(parse(&["r", "--service-mode", "1"]).unwrap().service_mode);
+        assert!(!parse(&["r", "--service-mode", "0"]).unwrap().service_mode);
+        assert!(!parse(&["r"]).unwrap().service_mode);
+        assert!(parse(&["r", "--service-mode", "maybe"]).is_err());
     }
 }

@@ -18,6 +18,7 @@ pub mod browser;
 pub mod cli;
 pub mod config;
 pub mod display;
+pub mod health;
 pub mod options;
 pub mod pipeline;
 pub mod process;

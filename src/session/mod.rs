@@ -107,6 +107,11 @@ impl SessionHandle {
         self.commands.clone()
     }
 
+    /// The task, for callers that keep the command sender and await the result themselves.
+    pub fn into_task(self) -> tokio::task::JoinHandle<SessionResult> {
+        self.task
+    }
+
     /// Asks the session to finish; harmless if it already is finishing.
     pub async fn stop(&self) {
         let _ = self.commands.send(Command::Stop).await;

@@ -2,6 +2,8 @@
 //! the files it writes (ffprobe/ffmpeg) and of the processes it leaves (none).
 #![allow(dead_code)]
 
+pub mod livekit;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -21,38 +23,65 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A static web server on a free loopback port, serving `demo/` plus extra pages by path.
+/// A static web server on a free loopback port, serving `demo/` plus extra pages by path. It runs
+/// on a thread of its own, so sync and async tests can both use it.
 pub struct WebServer {
     pub addr: SocketAddr,
-    runtime: tokio::runtime::Runtime,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl WebServer {
     pub fn start(extra: &[(&str, &str)]) -> Result<Self> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()?;
         let pages: Arc<HashMap<String, String>> = Arc::new(
             extra
                 .iter()
                 .map(|(p, body)| ((*p).to_owned(), (*body).to_owned()))
                 .collect(),
         );
-        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-        let addr = listener.local_addr()?;
-        runtime.spawn(async move {
-            let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
-                let pages = pages.clone();
-                async move { serve(&pages, uri.path()) }
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a test runtime");
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = addr_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = addr_tx.send(listener.local_addr());
+                let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+                    let pages = pages.clone();
+                    async move { serve(&pages, uri.path()) }
+                });
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = stopped.await;
+                    })
+                    .await;
             });
-            let _ = axum::serve(listener, app).await;
         });
-        Ok(Self { addr, runtime })
+        let addr = addr_rx.recv().context("web server thread")??;
+        Ok(Self {
+            addr,
+            stop: Some(stop),
+        })
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+}
+
+impl Drop for WebServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 }
 

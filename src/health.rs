@@ -1,0 +1,34 @@
+//! The status server of service mode: the bare state (`starting`, `available`, `reserved`,
+//! `recording`, `stopping`) with 200 on any path and method, as the original served it for
+//! Kubernetes probes and autoscalers.
+
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::service::Status;
+
+/// Serves `status` on `listener` until `shutdown` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    status: watch::Receiver<Status>,
+    shutdown: CancellationToken,
+) {
+    let app = axum::Router::new().fallback(move || {
+        let status = *status.borrow();
+        async move { status.as_str() }
+    });
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+    {
+        tracing::error!(error = %e, "health server failed");
+    }
+}
+
+/// Binds the health port on all interfaces (probes come from the kubelet).
+pub async fn bind(port: u16) -> std::io::Result<TcpListener> {
+    TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))).await
+}
