@@ -32,6 +32,11 @@ pub enum AudioError {
 #[derive(Debug)]
 pub struct AudioServer {
     child: Child,
+    /// A low-latency reader of the sink's monitor, kept for the whole session (see
+    /// [`Self::warm_up`]).
+    anchor: Option<Child>,
+    /// Set once the monitor has delivered its first audio.
+    flowing: tokio::sync::watch::Receiver<bool>,
     socket: PathBuf,
     // Removed when the server is dropped (after the child, which is declared first).
     _dir: tempfile::TempDir,
@@ -92,8 +97,12 @@ impl AudioServer {
             }
         }
         tracing::debug!(socket = %socket.display(), rate, "PulseAudio ready");
+        let server = format!("unix:{}", socket.display());
+        let (anchor, flowing) = start_anchor(&server);
         Ok(Self {
             child,
+            anchor,
+            flowing,
             socket,
             _dir: dir,
         })
@@ -120,42 +129,71 @@ impl AudioServer {
 
     /// Waits until the null sink delivers audio to its monitor.
     ///
-    /// A fresh null sink renders its first block at its maximum latency (up to 2 s), and a
-    /// recording stream that connects meanwhile gets nothing until then: the file's audio would
-    /// start late. A short-lived low-latency reader, run while the browser starts, takes that wait
-    /// out of the recording.
-    pub async fn warm_up(&self, timeout: Duration) -> Result<(), AudioError> {
-        use tokio::io::AsyncReadExt;
-        let mut cmd = tokio::process::Command::new("parec");
-        cmd.arg(format!("--server={}", self.server()))
-            .arg(format!("--device={}", self.monitor()))
-            .args([
-                "--latency-msec=10",
-                "--raw",
-                "--format=s16le",
-                "--channels=2",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        let spawned = Child::spawn("parec", cmd)?;
-        let mut child = spawned.child;
-        let mut out = spawned.stdout.expect("stdout was piped");
-        let mut buf = [0u8; 256];
-        let got = tokio::time::timeout(timeout, out.read(&mut buf)).await;
-        child.kill().await?;
-        match got {
-            Ok(Ok(n)) if n > 0 => Ok(()),
-            Ok(Ok(_)) => Err(AudioError::Failed("the sink's monitor closed".into())),
-            Ok(Err(e)) => Err(AudioError::Failed(format!(
-                "reading the sink's monitor: {e}"
-            ))),
-            Err(_) => Err(AudioError::Timeout(timeout)),
-        }
+    /// A fresh null sink renders its first block at its maximum latency (up to 2 s after it was
+    /// created), and without a client that asks for low latency it keeps rendering in such
+    /// blocks: a recording stream that connects meanwhile gets nothing until then, and at the end
+    /// loses what is still in the block. The anchor (a `parec` at 10 ms latency, started with
+    /// the server and kept until it stops) fixes both; this waits for its first audio, so that
+    /// the pipeline plays only once audio flows. Returns a task to await before playing.
+    pub fn warm_up(&self, timeout: Duration) -> tokio::task::JoinHandle<Result<(), AudioError>> {
+        let mut flowing = self.flowing.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(timeout, flowing.wait_for(|f| *f)).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(_)) => Err(AudioError::Failed(
+                    "the sink's monitor reader is gone".into(),
+                )),
+                Err(_) => Err(AudioError::Timeout(timeout)),
+            }
+        })
     }
 
     /// Stops PulseAudio and waits until it is gone.
     pub async fn stop(&mut self) -> Result<(), ProcessError> {
+        if let Some(anchor) = self.anchor.as_mut() {
+            anchor.kill().await?;
+        }
         self.child.stop(Duration::from_secs(3)).await
+    }
+}
+
+/// Starts the low-latency monitor reader; its output is read and dropped, and the watch turns
+/// true with its first bytes. Without it recordings still work, with late audio: a failure is
+/// logged, not fatal.
+fn start_anchor(server: &str) -> (Option<Child>, tokio::sync::watch::Receiver<bool>) {
+    use tokio::io::AsyncReadExt;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let mut cmd = tokio::process::Command::new("parec");
+    cmd.arg(format!("--server={server}"))
+        .arg(format!("--device={SINK}.monitor"))
+        .args([
+            "--latency-msec=10",
+            "--raw",
+            "--format=s16le",
+            "--channels=2",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    match Child::spawn("parec", cmd) {
+        Ok(spawned) => {
+            let mut out = spawned.stdout.expect("stdout was piped");
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                while let Ok(n) = out.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    if !*tx.borrow() {
+                        tx.send_replace(true);
+                    }
+                }
+            });
+            (Some(spawned.child), rx)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no low-latency monitor reader; audio may start late");
+            (None, rx)
+        }
     }
 }
 

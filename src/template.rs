@@ -70,6 +70,45 @@ mod tests {
     }
 
     #[test]
+    fn the_token_carries_exactly_the_recorder_grants() {
+        let jwt = token("key", "secret-secret-secret-secret", "my-room").unwrap();
+        let claims = livekit_api::access_token::TokenVerifier::with_api_key(
+            "key",
+            "secret-secret-secret-secret",
+        )
+        .verify(&jwt)
+        .expect("signed with the api secret");
+        assert_eq!(claims.iss, "key");
+        assert!(
+            claims.sub.starts_with("RR_") && claims.sub.len() == 15,
+            "{}",
+            claims.sub
+        );
+        let v = &claims.video;
+        assert!(v.room_join && v.hidden && v.recorder);
+        assert_eq!(v.room, "my-room");
+        assert_eq!(v.can_subscribe, Some(true));
+        assert_eq!(v.can_publish, Some(false));
+        assert_eq!(v.can_publish_data, Some(false));
+        assert!(!v.room_admin && !v.room_create && !v.room_record);
+        let now = crate::util::now_millis() / 1000;
+        let ttl = claims.exp as i64 - now;
+        assert!(
+            (TOKEN_TTL.as_secs() as i64 - 60..=TOKEN_TTL.as_secs() as i64).contains(&ttl),
+            "ttl {ttl}"
+        );
+        assert!(livekit_api::access_token::TokenVerifier::with_api_key(
+            "key",
+            "another-secret-another"
+        )
+        .verify(&jwt)
+        .is_err());
+        // A fresh identity per token.
+        let other = token("key", "secret-secret-secret-secret", "my-room").unwrap();
+        assert_ne!(jwt, other);
+    }
+
+    #[test]
     fn missing_keys_fail_with_the_spec_message() {
         assert_eq!(
             token("", "s", "r").unwrap_err().to_string(),

@@ -406,3 +406,58 @@ fn an_unreachable_redis_is_a_clear_error() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_template_recording_ends_on_end_recording_and_names_its_room() -> Result<()> {
+    let page = "<!doctype html><body style=\"background:#234\"><script>
+        setTimeout(() => console.log('START_RECORDING'), 500);
+        setTimeout(() => console.log('END_RECORDING'), 4500);
+        </script></body>";
+    let web = WebServer::start(&[("/tpl/", page)])?;
+    let redis = RedisServer::start()?;
+    let extra = format!(
+        "api_key: k\napi_secret: secret-secret-secret-secret\nws_url: ws://127.0.0.1:7880\ntemplate_address: {}",
+        web.url("/tpl/#")
+    );
+    let d = start_daemon(&redis, &extra)?;
+    let mut lk = Server::connect(&redis.url()).await?;
+    let mut results = lk.results().await?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("room.mp4");
+    let id = lk.reserve().await?.expect("acked");
+    let req = StartRecordingRequest {
+        input: Some(start_recording_request::Input::Template(
+            livekit_recorder::proto::livekit::RecordingTemplate {
+                layout: "grid-dark".into(),
+                room_name: "room-42".into(),
+                base_url: String::new(),
+            },
+        )),
+        output: Some(start_recording_request::Output::Filepath(
+            file.to_str().unwrap().to_owned(),
+        )),
+        options: Some(RecordingOptions {
+            width: 640,
+            height: 360,
+            ..Default::default()
+        }),
+    };
+    lk.start(&id, req).await?.expect("started");
+    // No End RPC: the page's END_RECORDING ends it.
+    let info = results.next(Duration::from_secs(40)).await?;
+    assert_eq!(info.id, id);
+    assert_eq!(info.error, "");
+    assert_eq!(info.room_name, "room-42");
+    let secs = info.file.expect("file").duration;
+    assert!((3..=5).contains(&secs), "{secs} s for a 4 s span");
+    let p = probe(&file)?;
+    assert!(
+        (3.0..=5.5).contains(&p.video_duration),
+        "{} s",
+        p.video_duration
+    );
+    wait_health(d.health_port, "available", Duration::from_secs(10))?;
+    d.rec.signal(Signal::SIGTERM);
+    assert_eq!(d.rec.wait(Duration::from_secs(15))?.code, Some(0));
+    Ok(())
+}

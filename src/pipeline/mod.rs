@@ -133,14 +133,12 @@ pub enum PipelineEvent {
 
 /// A built pipeline and its bus reader.
 pub struct Pipeline {
-    pipeline: gst::Pipeline,
+    /// Released on a thread of its own (see [`Self::dispose`]); taken only in drop.
+    pipeline: std::mem::ManuallyDrop<gst::Pipeline>,
     mux: gst::Element,
     events: mpsc::UnboundedReceiver<PipelineEvent>,
     bus_task: JoinHandle<()>,
     playing: bool,
-    /// The transition to NULL, once started (it runs on a blocking thread: a source stuck on a
-    /// frozen server must not stall the runtime).
-    null_task: Option<JoinHandle<()>>,
 }
 
 impl Pipeline {
@@ -296,12 +294,11 @@ impl Pipeline {
             }
         });
         Ok(Self {
-            pipeline,
+            pipeline: std::mem::ManuallyDrop::new(pipeline),
             mux,
             events,
             bus_task,
             playing: false,
-            null_task: None,
         })
     }
 
@@ -341,7 +338,7 @@ impl Pipeline {
         if !self.playing {
             return Ok(());
         }
-        let pipeline = self.pipeline.clone();
+        let pipeline: gst::Pipeline = (*self.pipeline).clone();
         // Detached: a source blocked on a frozen server must not block us.
         drop(tokio::task::spawn_blocking(move || {
             pipeline.send_event(gst::event::Eos::new())
@@ -388,23 +385,25 @@ impl Pipeline {
             .unwrap_or(Ok(false))
     }
 
-    /// Stops the pipeline (NULL): what is written stays, finished or not. Returns false if the
-    /// transition has not completed within `timeout` (a source blocked on a frozen server); it
-    /// goes on in the background and a later call waits for it again.
-    pub async fn shutdown(&mut self, timeout: Duration) -> bool {
+    /// Stops the pipeline (NULL) and releases it, on a thread of its own: stopping and releasing
+    /// close the X and audio connections, which blocks (or, for a lost X server, parks) the
+    /// calling thread when a server is frozen or gone, and that must never be a runtime thread.
+    /// Call it before the servers are stopped. Returns false if that has not finished within
+    /// `timeout`; it goes on in the background.
+    pub async fn dispose(self, timeout: Duration) -> bool {
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        self.release(Some(done_tx));
+        tokio::time::timeout(timeout, done).await.is_ok()
+    }
+
+    fn release(mut self, done: Option<tokio::sync::oneshot::Sender<()>>) {
         self.playing = false;
-        let task = self.null_task.get_or_insert_with(|| {
-            let pipeline = self.pipeline.clone();
-            tokio::task::spawn_blocking(move || {
-                if let Err(e) = pipeline.set_state(gst::State::Null) {
-                    tracing::warn!(error = %e, "could not set the pipeline to NULL");
-                }
-            })
-        });
-        if task.is_finished() {
-            return true;
-        }
-        tokio::time::timeout(timeout, task).await.is_ok()
+        self.bus_task.abort();
+        // SAFETY: `self` is consumed here and `Drop` is skipped (mem::forget below), so the
+        // pipeline is taken exactly once.
+        let pipeline = unsafe { std::mem::ManuallyDrop::take(&mut self.pipeline) };
+        std::mem::forget(self);
+        release_on_thread(pipeline, done);
     }
 
     fn first_error(&self) -> Option<String> {
@@ -420,13 +419,27 @@ impl Pipeline {
 impl Drop for Pipeline {
     fn drop(&mut self) {
         self.bus_task.abort();
-        if self.null_task.is_none() {
-            // Never block the dropping thread: a stuck source would hang it.
-            let pipeline = self.pipeline.clone();
-            std::thread::spawn(move || {
-                let _ = pipeline.set_state(gst::State::Null);
-            });
-        }
+        // SAFETY: drop runs once and nothing uses the field afterwards.
+        let pipeline = unsafe { std::mem::ManuallyDrop::take(&mut self.pipeline) };
+        release_on_thread(pipeline, None);
+    }
+}
+
+/// Sets `pipeline` to NULL and drops it on a detached thread; signals `done` when finished.
+fn release_on_thread(pipeline: gst::Pipeline, done: Option<tokio::sync::oneshot::Sender<()>>) {
+    let spawned = std::thread::Builder::new()
+        .name("pipeline-release".into())
+        .spawn(move || {
+            if let Err(e) = pipeline.set_state(gst::State::Null) {
+                tracing::warn!(error = %e, "could not set the pipeline to NULL");
+            }
+            drop(pipeline);
+            if let Some(done) = done {
+                let _ = done.send(());
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "could not start a thread to release the pipeline");
     }
 }
 

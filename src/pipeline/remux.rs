@@ -91,7 +91,12 @@ fn remux_blocking(src: &Path, dst: &Path, timeout: Duration) -> Result<(), Pipel
         let link = || -> Result<(), PipelineError> {
             // One streaming thread feeds both streams: each needs a queue, or the muxer, waiting
             // for the other stream, blocks the demuxer forever.
-            let queue = gst::ElementFactory::make("queue").build()?;
+            // Unbounded by count and time (streams may end far apart), bounded by memory.
+            let queue = gst::ElementFactory::make("queue")
+                .property("max-size-buffers", 0u32)
+                .property("max-size-time", 0u64)
+                .property("max-size-bytes", 256u32 * 1024 * 1024)
+                .build()?;
             let parse = gst::ElementFactory::make(parser).build()?;
             pipeline.add_many([&queue, &parse])?;
             queue.link(&parse)?;

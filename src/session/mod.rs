@@ -24,6 +24,8 @@ use crate::template::{self, TemplateError};
 
 /// How long the pipeline has to reach PLAYING.
 const PLAY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a template page is checked for an error while it has not started.
+const PAGE_ERROR_POLL: Duration = Duration::from_millis(500);
 /// How long the pipeline may take to stop before its servers are killed under it.
 const PIPELINE_STOP_WAIT: Duration = Duration::from_secs(3);
 /// How long the audio sink may take to deliver its first block.
@@ -261,13 +263,16 @@ async fn record(
     };
 
     // Start-up, abandoned as soon as a stop arrives.
+    let mut warm_up = None;
     let startup = async {
-        let display = parts
-            .display
-            .insert(Display::start(o.width, o.height, o.depth).await?);
+        // Audio first: its sink needs the longest to deliver (see AudioServer::warm_up).
         let audio = parts
             .audio
             .insert(AudioServer::start(o.audio_frequency).await?);
+        warm_up = Some(audio.warm_up(AUDIO_WARM_UP));
+        let display = parts
+            .display
+            .insert(Display::start(o.width, o.height, o.depth).await?);
         let (browser, console) = Browser::launch(&BrowserOptions {
             display: display.name().to_owned(),
             pulse_server: audio.server(),
@@ -280,12 +285,7 @@ async fn record(
         })
         .await?;
         let browser = parts.browser.insert(browser);
-        // The page loads while the audio sink warms up.
-        let (loaded, warm) = tokio::join!(browser.navigate(&url), audio.warm_up(AUDIO_WARM_UP));
-        loaded?;
-        if let Err(e) = warm {
-            tracing::warn!(error = %e, "audio warm-up failed; the recording's audio may start late");
-        }
+        browser.navigate(&url).await?;
         if is_template {
             if let Some(text) = browser.eval_string(template::ERROR_PROBE).await? {
                 if !text.trim().is_empty() {
@@ -325,10 +325,20 @@ async fn record(
             _ = force.cancelled() => return Err(SessionError::Aborted),
             () = wait_stop(commands) => return Err(SessionError::Aborted),
             note = any_part_died(parts) => return Err(SessionError::PartDied(note)),
+            text = page_error(parts.browser.as_ref().expect("started above")) => return Err(SessionError::PageError(text)),
         }
         tracing::info!("template logged START_RECORDING");
     }
 
+    if let Some(warm) = warm_up {
+        match warm.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "audio warm-up failed; the audio may start late")
+            }
+            Err(e) => tracing::warn!(error = %e, "audio warm-up task failed"),
+        }
+    }
     let pipeline = parts
         .pipeline
         .as_mut()
@@ -458,6 +468,20 @@ async fn wait_marker(console: &mut mpsc::UnboundedReceiver<ConsoleMessage>, mark
     false
 }
 
+/// Resolves with the text of the template's `div.error` once it has one: a room that cannot be
+/// joined shows its error after the page has loaded, and would otherwise wait for a START that
+/// never comes.
+async fn page_error(browser: &Browser) -> String {
+    loop {
+        tokio::time::sleep(PAGE_ERROR_POLL).await;
+        match browser.eval_string(template::ERROR_PROBE).await {
+            Ok(Some(text)) if !text.trim().is_empty() => return text.trim().to_owned(),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "could not read the page's error"),
+        }
+    }
+}
+
 /// Resolves with a death note when any started part exits.
 async fn any_part_died(parts: &Parts) -> String {
     let display = parts.display.as_ref().map(|d| d.child());
@@ -495,10 +519,9 @@ fn dead_part(parts: &Parts) -> Option<String> {
 /// are gone. A pipeline that cannot stop (a source blocked on a frozen X or audio server) is
 /// given a moment, then the servers are killed, which unblocks it.
 async fn teardown(parts: &mut Parts) {
-    let mut pipeline = parts.pipeline.take();
-    if let Some(p) = pipeline.as_mut() {
-        if !p.shutdown(PIPELINE_STOP_WAIT).await {
-            tracing::warn!("pipeline still stopping; killing its servers first");
+    if let Some(p) = parts.pipeline.take() {
+        if !p.dispose(PIPELINE_STOP_WAIT).await {
+            tracing::warn!("pipeline still stopping; stopping its servers under it");
         }
     }
     let browser = async {
@@ -523,11 +546,6 @@ async fn teardown(parts: &mut Parts) {
         }
     };
     tokio::join!(browser, audio, display);
-    if let Some(mut p) = pipeline {
-        if !p.shutdown(PIPELINE_STOP_WAIT).await {
-            tracing::error!("pipeline did not stop even with its servers gone");
-        }
-    }
     parts.browser = None;
     parts.audio = None;
     parts.display = None;

@@ -28,6 +28,7 @@ pub fn root() -> PathBuf {
 pub struct WebServer {
     pub addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    reports: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl WebServer {
@@ -38,6 +39,8 @@ impl WebServer {
                 .map(|(p, body)| ((*p).to_owned(), (*body).to_owned()))
                 .collect(),
         );
+        let reports = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = reports.clone();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         std::thread::spawn(move || {
@@ -56,6 +59,10 @@ impl WebServer {
                 let _ = addr_tx.send(listener.local_addr());
                 let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
                     let pages = pages.clone();
+                    if uri.path() == "/report" {
+                        let query = uri.query().unwrap_or_default().to_owned();
+                        sink.lock().expect("reports lock").push(query);
+                    }
                     async move { serve(&pages, uri.path()) }
                 });
                 let _ = axum::serve(listener, app)
@@ -69,11 +76,17 @@ impl WebServer {
         Ok(Self {
             addr,
             stop: Some(stop),
+            reports,
         })
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// The query strings pages sent to `/report`.
+    pub fn reports(&self) -> Vec<String> {
+        self.reports.lock().expect("reports lock").clone()
     }
 }
 
@@ -236,6 +249,19 @@ impl Recorder {
             stderr: self.stderr(),
             took,
         })
+    }
+}
+
+impl Drop for Recorder {
+    /// A test that fails half-way must not leave its recorder running.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(self.pid()),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = self.child.wait();
+        }
     }
 }
 
