@@ -10,6 +10,14 @@
 ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=bookworm
 
+# ---- web: the built-in layout templates (web/), embedded into the binary ----------------------
+FROM node:20-${DEBIAN_RELEASE}-slim AS web
+WORKDIR /web
+COPY web/package.json web/package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY web/ ./
+RUN npm run build
+
 # ---- build: compile the release binary --------------------------------------------------------
 FROM rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE} AS build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -22,6 +30,7 @@ RUN bash deploy/install-deps.sh build \
  && rm -rf /var/lib/apt/lists/*
 
 COPY . .
+COPY --from=web /web/dist web/dist
 # Cache mounts keep the crate registry and target/ between builds; the binary is copied out of the
 # cached target/ so that it lands in the layer.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

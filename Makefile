@@ -2,25 +2,32 @@
 # every test. Both install missing system packages first (deploy/install-deps.sh).
 CARGO ?= cargo
 
-.PHONY: all deps build release demo test test-unit test-integration test-web test-packaging lint fmt web clean
+.PHONY: all deps web build release demo test test-unit test-integration test-web test-packaging lint fmt bench clean
 
 all: build
 
 deps:
 	bash deploy/install-deps.sh
 
-build: deps
+# The built-in layout templates, embedded into the binary (rebuilt when their sources change).
+WEB_SOURCES := $(shell find web/src -type f 2>/dev/null) web/package.json web/package-lock.json web/build.mjs
+web/dist/index.html: $(WEB_SOURCES)
+	cd web && npm ci --no-audit --no-fund && npm run build
+
+web: web/dist/index.html
+
+build: deps web
 	$(CARGO) build --locked --all-targets
 
-release: deps
+release: deps web
 	$(CARGO) build --locked --release
 
-demo: deps
+demo: deps web
 	$(CARGO) build --locked
 	bash scripts/demo.sh target/debug/livekit-recorder
 
 # Build everything first: recordings must never run beside a compiler on 2 cores.
-test: deps build lint test-unit test-integration test-web test-packaging
+test: build lint test-unit test-web test-packaging test-integration
 
 lint:
 	$(CARGO) fmt --check
@@ -30,18 +37,20 @@ test-unit:
 	$(CARGO) test --locked --lib --bins
 
 # Recording tests run one at a time: each has its own display, audio server and ports, but two
-# 720p encodes do not fit on 2 cores.
+# encodes at once do not fit on 2 cores.
 test-integration:
 	$(CARGO) test --locked --tests -- --test-threads=1
 
-web:
-	cd web && npm ci --no-audit --no-fund && npm run build
-
+# Template unit tests (vitest), then the four layouts in Chromium as the recorder serves them.
 test-web: web
-	cd web && npm test && npm run smoke
+	cd web && npm test
+	bash scripts/smoke-templates.sh target/debug/livekit-recorder
 
 test-packaging:
 	bash tests/packaging.sh
+
+bench: deps web
+	bash scripts/bench.sh
 
 fmt:
 	$(CARGO) fmt

@@ -27,5 +27,45 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     pbjson_build::Builder::new()
         .register_descriptors(&bytes)?
         .build(&[".livekit"])?;
+
+    embed_templates(&out)?;
+    Ok(())
+}
+
+/// Embeds the built layout templates (`web/dist`, made by `make web`) into the binary. Without
+/// them the binary still builds, and template requests without a template address fail with a
+/// message saying so.
+fn embed_templates(out: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    let dist = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("web/dist");
+    println!("cargo:rerun-if-changed={}", dist.display());
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(&dist) {
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.is_file())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    files.sort();
+    for f in &files {
+        println!("cargo:rerun-if-changed={}", f.display());
+    }
+    if !files.iter().any(|f| f.ends_with("index.html")) {
+        println!("cargo:warning=web/dist is not built: the binary has no built-in templates (run `make web`)");
+        files.clear();
+    }
+    let mut code = String::from("/// The built templates: (file name, contents).\npub static FILES: &[(&str, &[u8])] = &[\n");
+    for f in &files {
+        let name = f
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or("non-UTF-8 file name in web/dist")?;
+        code.push_str(&format!(
+            "    ({name:?}, include_bytes!({:?})),\n",
+            f.display().to_string()
+        ));
+    }
+    code.push_str("];\n");
+    std::fs::write(out.join("templates.rs"), code)?;
     Ok(())
 }

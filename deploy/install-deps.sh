@@ -76,10 +76,6 @@ else
   echo "install-deps: system packages present" >&2
 fi
 
-# Test servers from the language registries (S3 API server for upload tests).
-if [ "$profile" = all ]; then
-  if ! python3 -c 'import moto.server' >/dev/null 2>&1; then
-    echo "install-deps: installing moto[server]" >&2
-    python3 -m pip install -q 'moto[server]' >/dev/null
-  fi
-fi
+# The S3 (moto) and Azure (Azurite) test servers are pinned versions that the tests install
+# themselves under target/tools (tests/common/storage.rs); the web templates build with the
+# machine's node and npm (web/package-lock.json).

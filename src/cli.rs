@@ -48,11 +48,26 @@ pub struct Args {
         hide_env_values = true
     )]
     pub request_body: Option<String>,
+    #[command(subcommand)]
+    pub command: Option<Cmd>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Cmd {
+    /// Serve the built-in layout templates (to look at them, or to check custom ones against).
+    ServeTemplates {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8088")]
+        listen: std::net::SocketAddr,
+    },
 }
 
 /// Exit codes: 0 success, 1 the recording failed, 2 bad configuration or request.
 pub fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Cmd::ServeTemplates { listen }) = args.command {
+        return serve_templates(listen);
+    }
     let loaded = match config::load(args.config_body.as_deref(), args.config.as_deref()) {
         Ok(l) => l,
         Err(e) => {
@@ -61,6 +76,13 @@ pub fn main() -> ExitCode {
         }
     };
     let config = loaded.config;
+    let uploader = match crate::upload::Uploader::from_config(&config.file_output) {
+        Ok(u) => u.map(Arc::new),
+        Err(e) => {
+            eprintln!("livekit-recorder: {e}");
+            return ExitCode::from(2);
+        }
+    };
     // Before any thread exists: GStreamer reads this at init.
     if std::env::var_os("GST_DEBUG").is_none() {
         std::env::set_var("GST_DEBUG", config.gst_debug_level());
@@ -83,16 +105,62 @@ pub fn main() -> ExitCode {
     };
     let root = CancellationToken::new();
     let code = if args.service_mode {
-        runtime.block_on(crate::service::run_with_signals(Arc::new(config), root))
+        runtime.block_on(crate::service::run_with_signals(
+            Arc::new(config),
+            uploader,
+            root,
+        ))
     } else {
-        runtime.block_on(run_standalone(&args, config, root))
+        runtime.block_on(run_standalone(&args, config, uploader, root))
     };
     // Anything still running (a stuck reader) must not keep the process up.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     code
 }
 
-async fn run_standalone(args: &Args, config: Config, root: CancellationToken) -> ExitCode {
+fn serve_templates(listen: std::net::SocketAddr) -> ExitCode {
+    if !crate::templates::built() {
+        eprintln!(
+            "livekit-recorder: {}",
+            crate::templates::TemplatesError::NotBuilt
+        );
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("livekit-recorder: could not start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async {
+        match tokio::net::TcpListener::bind(listen).await {
+            Ok(listener) => {
+                eprintln!(
+                    "serving the built-in templates on http://{listen}/#/<layout>?url=..&token=.."
+                );
+                tokio::select! {
+                    () = crate::templates::serve(listener) => ExitCode::from(1),
+                    _ = tokio::signal::ctrl_c() => ExitCode::SUCCESS,
+                }
+            }
+            Err(e) => {
+                eprintln!("livekit-recorder: could not listen on {listen}: {e}");
+                ExitCode::from(2)
+            }
+        }
+    })
+}
+
+async fn run_standalone(
+    args: &Args,
+    config: Config,
+    uploader: Option<Arc<crate::upload::Uploader>>,
+    root: CancellationToken,
+) -> ExitCode {
     let req = match request::load(args.request_body.as_deref(), args.request.as_deref()) {
         Ok(r) => r,
         Err(e) => {
@@ -100,7 +168,7 @@ async fn run_standalone(args: &Args, config: Config, root: CancellationToken) ->
             return ExitCode::from(2);
         }
     };
-    let outcome = standalone::run(Arc::new(config), req, root).await;
+    let outcome = standalone::run(Arc::new(config), uploader, req, root).await;
     println!(
         "{}",
         serde_json::to_string(&outcome).expect("the outcome always serializes")
@@ -122,8 +190,10 @@ fn init_tracing(config: &Config) {
             config.tracing_level()
         ))
     });
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json") {
         builder.json().init();

@@ -12,8 +12,9 @@ use serde::{Deserialize, Deserializer};
 use crate::options::{Options, Profile};
 use crate::proto::livekit::RecordingPreset;
 
-/// The template host the original recorder defaulted to.
-pub const DEFAULT_TEMPLATE_ADDRESS: &str = "https://recorder.livekit.io/#";
+/// The template host the original recorder defaulted to. Ours defaults to its own built-in
+/// templates (an empty `template_address`); this address still works when configured.
+pub const ORIGINAL_TEMPLATE_ADDRESS: &str = "https://recorder.livekit.io/#";
 
 /// Errors while reading the configuration. The texts match the original where it had one.
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +48,7 @@ pub struct Config {
     pub health_port: u16,
     /// debug, info, warn, error, fatal or panic.
     pub log_level: String,
-    /// Base address of the layout templates.
+    /// Base address of the layout templates; empty = the recorder's built-in templates.
     pub template_address: String,
     /// Lets Chromium load insecure content (local testing only).
     pub insecure: bool,
@@ -72,7 +73,7 @@ impl Default for Config {
             ws_url: String::new(),
             health_port: 0,
             log_level: "info".into(),
-            template_address: DEFAULT_TEMPLATE_ADDRESS.into(),
+            template_address: String::new(),
             insecure: false,
             redis: RedisConfig::default(),
             file_output: FileOutputConfig::default(),
@@ -344,7 +345,7 @@ mod tests {
     fn empty_config_has_the_original_defaults() {
         let c = parse("").unwrap().config;
         assert_eq!(c.log_level, "info");
-        assert_eq!(c.template_address, DEFAULT_TEMPLATE_ADDRESS);
+        assert_eq!(c.template_address, "", "built-in templates by default");
         assert!(
             c.file_output.local,
             "local is forced when nothing else is set"
@@ -520,7 +521,7 @@ chromium_path: /usr/bin/chromium
         let l = parse(include_str!("../config.example.yaml")).unwrap();
         assert!(l.warnings.is_empty(), "{:?}", l.warnings);
         assert_eq!(l.config.defaults, Options::default());
-        assert_eq!(l.config.template_address, DEFAULT_TEMPLATE_ADDRESS);
+        assert_eq!(l.config.template_address, "");
     }
 
     #[test]

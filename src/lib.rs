@@ -28,4 +28,6 @@ pub mod service;
 pub mod session;
 pub mod standalone;
 pub mod template;
+pub mod templates;
+pub mod upload;
 pub mod util;

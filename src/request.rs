@@ -43,7 +43,8 @@ pub enum Input {
     Template {
         layout: String,
         room_name: String,
-        /// The template host: the request's `base_url` or the config's `template_address`.
+        /// The template host: the request's `base_url` or the config's `template_address`;
+        /// empty = the recorder's built-in templates.
         base_url: String,
     },
 }

@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::proto::livekit::StartRecordingRequest;
 use crate::request;
 use crate::session::SessionHandle;
+use crate::upload::Uploader;
 
 /// The recording id in standalone mode, as in the original.
 pub const STANDALONE_ID: &str = "standalone";
@@ -56,6 +57,7 @@ impl Outcome {
 /// signal finishes the file; a second one forces the recorder down at once.
 pub async fn run(
     config: Arc<Config>,
+    uploader: Option<Arc<Uploader>>,
     req: StartRecordingRequest,
     root: CancellationToken,
 ) -> Outcome {
@@ -64,7 +66,7 @@ pub async fn run(
         Err(e) => return Outcome::failed(e.to_string()),
     };
     let force = root.child_token();
-    let session = SessionHandle::spawn(spec, config, force.clone());
+    let session = SessionHandle::spawn(spec, config, uploader, force.clone());
     let stopper = session.commands();
     let signals = tokio::spawn(async move {
         let (Ok(mut int), Ok(mut term), Ok(mut quit)) = (

@@ -234,3 +234,58 @@ fn a_url_request_ignores_markers() -> Result<()> {
     assert!(probe(&file)?.video_duration >= 3.0);
     Ok(())
 }
+
+#[test]
+fn without_a_template_address_the_recorder_serves_its_own_templates() -> Result<()> {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    for (layout, ws_url, want) in [
+        (
+            "speaker-dark",
+            format!("ws://127.0.0.1:{closed}"),
+            "could not connect",
+        ),
+        (
+            "grid-light",
+            String::new(),
+            "missing required params url and token",
+        ),
+    ] {
+        let dir = tempfile::tempdir()?;
+        let config = format!(
+            "api_key: test-key\napi_secret: {SECRET}\nws_url: \"{ws_url}\"\nstart_timeout: 30\nlog_level: debug"
+        );
+        let req = format!(
+            r#"{{"template": {{"layout": "{layout}", "room_name": "r"}}, "filepath": "{}/t.mp4", "options": {{"width": 640, "height": 360}}}}"#,
+            dir.path().display()
+        );
+        let rec = Recorder::start(
+            &[
+                ("LIVEKIT_RECORDER_CONFIG", &config),
+                ("RECORDING_REQUEST", &req),
+            ],
+            &[],
+        )?;
+        let tag = rec.tag.clone();
+        let done = rec.wait(Duration::from_secs(40))?;
+        assert_eq!(done.code, Some(1), "{layout}: {}", done.stderr);
+        assert!(
+            done.took < Duration::from_secs(25),
+            "{layout}: took {:?}",
+            done.took
+        );
+        let error = done.result()?["error"].as_str().unwrap().to_owned();
+        assert!(error.starts_with(want), "{layout}: {error}");
+        // The page came from the recorder's own loopback server.
+        assert!(
+            done.stderr
+                .contains(&format!("opening page url=http://127.0.0.1:"))
+                && done.stderr.contains(&format!("/#/{layout}?")),
+            "{layout}: not the built-in server:\n{}",
+            done.stderr
+        );
+        assert_nothing_left(&tag);
+    }
+    Ok(())
+}

@@ -23,6 +23,7 @@ use crate::proto::livekit::{
     recording_request, RecordingInfo, RecordingRequest, RecordingReservation, RecordingResponse,
 };
 use crate::session::{Command, SessionHandle, SessionResult};
+use crate::upload::Uploader;
 use bus::{Bus, BusError, Event, RESERVATION_CHANNEL, RESULT_CHANNEL};
 
 /// Reservations older than this are stale (livekit's `ReservationTimeout`).
@@ -82,7 +83,11 @@ pub struct Shutdown {
 }
 
 /// Runs the service until a signal ends it; the exit code for the process.
-pub async fn run_with_signals(config: Arc<Config>, root: CancellationToken) -> ExitCode {
+pub async fn run_with_signals(
+    config: Arc<Config>,
+    uploader: Option<Arc<Uploader>>,
+    root: CancellationToken,
+) -> ExitCode {
     let shutdown = Shutdown {
         drain: CancellationToken::new(),
         stop_now: CancellationToken::new(),
@@ -112,7 +117,7 @@ pub async fn run_with_signals(config: Arc<Config>, root: CancellationToken) -> E
     } else {
         None
     };
-    let result = run(config, shutdown, status_tx).await;
+    let result = run(config, uploader, shutdown, status_tx).await;
     signals.abort();
     health_stop.cancel();
     if let Some(h) = health {
@@ -184,6 +189,7 @@ impl Job {
 
 struct Service {
     config: Arc<Config>,
+    uploader: Option<Arc<Uploader>>,
     bus: Bus,
     status: watch::Sender<Status>,
     job: Option<Job>,
@@ -197,6 +203,7 @@ struct Service {
 /// once every result is published (or could not be within a minute).
 pub async fn run(
     config: Arc<Config>,
+    uploader: Option<Arc<Uploader>>,
     shutdown: Shutdown,
     status: watch::Sender<Status>,
 ) -> Result<(), ServiceError> {
@@ -206,6 +213,7 @@ pub async fn run(
     let publisher = tokio::spawn(publish_results(bus.clone(), outbox_rx));
     let mut svc = Service {
         config,
+        uploader,
         bus,
         status,
         job: None,
@@ -466,6 +474,7 @@ impl Service {
                             let session = SessionHandle::spawn(
                                 spec,
                                 self.config.clone(),
+                                self.uploader.clone(),
                                 self.shutdown.force.child_token(),
                             );
                             let commands = session.commands();
@@ -568,7 +577,7 @@ impl Service {
     }
 
     async fn on_session_end(&mut self, result: SessionResult) {
-        // Uploads are part of the session's result handling (see the outputs work).
+        // The session has uploaded the file already (when one is configured).
         self.finish_job(result.info).await;
     }
 

@@ -21,6 +21,7 @@ use crate::pipeline::{Pipeline, PipelineError, PipelineEvent, PipelineSpec, Sink
 use crate::proto::livekit::{FileResult, RecordingInfo, RtmpResult};
 use crate::request::{Input, Output, RecordingSpec};
 use crate::template::{self, TemplateError};
+use crate::upload::Uploader;
 
 /// How long the pipeline has to reach PLAYING.
 const PLAY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -64,6 +65,8 @@ pub enum SessionError {
     Pipeline(#[from] PipelineError),
     #[error(transparent)]
     Template(#[from] TemplateError),
+    #[error(transparent)]
+    Templates(#[from] crate::templates::TemplatesError),
     /// The original's text for a recording stopped before it started.
     #[error("Recording aborted")]
     Aborted,
@@ -97,10 +100,15 @@ pub struct SessionHandle {
 
 impl SessionHandle {
     /// Starts [`run`] as a task.
-    pub fn spawn(spec: RecordingSpec, config: Arc<Config>, force: CancellationToken) -> Self {
+    pub fn spawn(
+        spec: RecordingSpec,
+        config: Arc<Config>,
+        uploader: Option<Arc<Uploader>>,
+        force: CancellationToken,
+    ) -> Self {
         let (commands, rx) = mpsc::channel(16);
         let id = spec.id.clone();
-        let task = tokio::spawn(run(spec, config, rx, force));
+        let task = tokio::spawn(run(spec, config, uploader, rx, force));
         Self { id, commands, task }
     }
 
@@ -156,6 +164,7 @@ struct Recorded {
 pub async fn run(
     spec: RecordingSpec,
     config: Arc<Config>,
+    uploader: Option<Arc<Uploader>>,
     mut commands: mpsc::Receiver<Command>,
     force: CancellationToken,
 ) -> SessionResult {
@@ -227,6 +236,37 @@ pub async fn run(
     if error.is_empty() && recorded.is_none() {
         error = "recording ended before it started".into();
     }
+    // Whatever was recorded is delivered, a failed recording's partial file included.
+    if let (
+        Some(uploader),
+        Output::File {
+            upload_key: Some(key),
+            ..
+        },
+        Some(path),
+    ) = (&uploader, &spec.output, &local_file)
+    {
+        match uploader.upload(path, key).await {
+            Ok(url) => {
+                if let Some(f) = info.file.as_mut() {
+                    f.download_url = url;
+                }
+                // Removed only once the upload is confirmed.
+                if let Err(e) = std::fs::remove_file(path) {
+                    tracing::warn!(path = %path.display(), error = %e, "could not remove the uploaded file");
+                }
+                local_file = None;
+            }
+            Err(e) => {
+                let kept = format!("{e}; the recording is kept at {}", path.display());
+                error = if error.is_empty() {
+                    kept
+                } else {
+                    format!("{error}; {kept}")
+                };
+            }
+        }
+    }
     info.error = error;
     tracing::info!(
         id = %info.id,
@@ -258,7 +298,12 @@ async fn record(
             base_url,
         } => {
             let token = template::token(&config.api_key, &config.api_secret, room_name)?;
-            template::page_url(base_url, layout, &config.ws_url, &token)
+            let base = if base_url.is_empty() {
+                crate::templates::base_url().await?
+            } else {
+                base_url.clone()
+            };
+            template::page_url(&base, layout, &config.ws_url, &token)
         }
     };
 

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod livekit;
+pub mod storage;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
