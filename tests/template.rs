@@ -279,8 +279,7 @@ fn without_a_template_address_the_recorder_serves_its_own_templates() -> Result<
         assert!(error.starts_with(want), "{layout}: {error}");
         // The page came from the recorder's own loopback server.
         assert!(
-            done.stderr
-                .contains(&format!("opening page url=http://127.0.0.1:"))
+            done.stderr.contains("opening page url=http://127.0.0.1:")
                 && done.stderr.contains(&format!("/#/{layout}?")),
             "{layout}: not the built-in server:\n{}",
             done.stderr
