@@ -150,3 +150,66 @@ fn an_endpoint_that_is_down_fails_and_names_the_kept_file() -> Result<()> {
     assert!(probe(kept)?.video_duration >= 2.0, "the kept file plays");
     Ok(())
 }
+
+#[test]
+fn rtmp_to_two_live_urls_and_a_dead_one_delivers_both_live_streams() -> Result<()> {
+    let nginx = common::rtmp::NginxRtmp::start()?;
+    // A fourth URL whose server goes away mid-stream.
+    let dropping = common::rtmp::NginxRtmp::start()?;
+    let dead_port = storage::closed_port()?;
+    let dead = format!("rtmp://127.0.0.1:{dead_port}/live/c");
+    let web = WebServer::start(&[])?;
+    let req = format!(
+        r#"{{"url": "{}", "rtmp": {{"urls": ["{}", "{}", "{dead}", "{}"]}}, "options": {{"width": 640, "height": 360}}}}"#,
+        web.url("/"),
+        nginx.url("a"),
+        nginx.url("b"),
+        dropping.url("d"),
+    );
+    let mut rec = Recorder::start(
+        &[
+            ("LIVEKIT_RECORDER_CONFIG", "log_level: debug"),
+            ("RECORDING_REQUEST", &req),
+        ],
+        &[],
+    )?;
+    let tag = rec.tag.clone();
+    rec.wait_for_log("recording", Duration::from_secs(30))?;
+    std::thread::sleep(Duration::from_secs(3));
+    let dropped_url = dropping.url("d");
+    drop(dropping);
+    std::thread::sleep(Duration::from_secs(4));
+    rec.signal(Signal::SIGTERM);
+    let done = rec.wait(Duration::from_secs(30))?;
+    assert_eq!(done.code, Some(0), "{}", done.stderr);
+    assert_nothing_left(&tag);
+    let result = done.result()?;
+    let urls: Vec<&str> = result["rtmp"]
+        .as_array()
+        .expect("rtmp results")
+        .iter()
+        .filter_map(|u| u.as_str())
+        .collect();
+    assert_eq!(urls.len(), 4, "{result}");
+    assert_eq!(urls[0], dead, "the dead URL ends first: {result}");
+    assert_eq!(urls[1], dropped_url, "then the dropped one: {result}");
+    // The stream keys stay out of the log.
+    assert!(!done.stderr.contains("/live/a"), "stream key logged");
+    std::thread::sleep(Duration::from_millis(500));
+    for stream in ["a", "b"] {
+        let p = probe(&nginx.recording(stream))?;
+        assert_eq!(
+            (p.video_codec.as_str(), p.audio_codec.as_str()),
+            ("h264", "aac"),
+            "{stream}"
+        );
+        assert!(
+            p.format_duration >= 5.0,
+            "{stream}: {} s",
+            p.format_duration
+        );
+        assert_eq!((p.width, p.height), (640, 360));
+    }
+    assert!(!nginx.recording("c").exists());
+    Ok(())
+}

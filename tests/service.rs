@@ -461,3 +461,74 @@ async fn a_template_recording_ends_on_end_recording_and_names_its_room() -> Resu
     assert_eq!(d.rec.wait(Duration::from_secs(15))?.code, Some(0));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rtmp_outputs_are_added_and_removed_while_recording() -> Result<()> {
+    let nginx = common::rtmp::NginxRtmp::start()?;
+    let redis = RedisServer::start()?;
+    let web = WebServer::start(&[])?;
+    let d = start_daemon(&redis, "")?;
+    let mut lk = Server::connect(&redis.url()).await?;
+    let mut results = lk.results().await?;
+    let id = lk.reserve().await?.expect("acked");
+    let (a, b) = (nginx.url("a"), nginx.url("b"));
+    let req = StartRecordingRequest {
+        input: Some(start_recording_request::Input::Url(web.url("/"))),
+        output: Some(start_recording_request::Output::Rtmp(
+            livekit_recorder::proto::livekit::RtmpOutput {
+                urls: vec![a.clone()],
+            },
+        )),
+        options: Some(RecordingOptions {
+            width: 640,
+            height: 360,
+            ..Default::default()
+        }),
+    };
+    // Before the pipeline exists, outputs cannot change.
+    lk.start(&id, req).await?.expect("started");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        lk.add_output(&id, &a).await?,
+        Err("output already exists".to_string())
+    );
+    lk.add_output(&id, &b).await?.expect("b added");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    lk.remove_output(&id, &a).await?.expect("a removed");
+    assert_eq!(
+        lk.remove_output(&id, &a).await?,
+        Err("output not found".to_string())
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    lk.end(&id).await?.expect("ended");
+    let info = results.next(Duration::from_secs(30)).await?;
+    assert_eq!(info.error, "");
+    let got: Vec<(&str, i64)> = info
+        .rtmp
+        .iter()
+        .map(|r| (r.stream_url.as_str(), r.duration))
+        .collect();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0].0, a, "the removed URL is reported first");
+    assert_eq!(got[1].0, b);
+    assert!((5..=9).contains(&got[0].1), "{got:?}");
+    assert!((7..=9).contains(&got[1].1), "{got:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (stream, min) in [("a", 4.0), ("b", 6.0)] {
+        let p = probe(&nginx.recording(stream))?;
+        assert_eq!(
+            (p.video_codec.as_str(), p.audio_codec.as_str()),
+            ("h264", "aac")
+        );
+        assert!(
+            p.format_duration >= min,
+            "{stream}: {} s",
+            p.format_duration
+        );
+    }
+    d.rec.signal(Signal::SIGTERM);
+    let tag = d.rec.tag.clone();
+    assert_eq!(d.rec.wait(Duration::from_secs(15))?.code, Some(0));
+    assert_nothing_left(&tag);
+    Ok(())
+}

@@ -14,15 +14,15 @@
 //! sets it to NULL.
 
 pub mod remux;
+pub mod rtmp;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use crate::options::Options;
 
@@ -45,6 +45,9 @@ pub enum PipelineError {
     Runtime(String),
     #[error("pipeline did not finish within {0:?}")]
     EosTimeout(Duration),
+    /// An RTMP output request that cannot be done (the original's texts).
+    #[error("{0}")]
+    Output(String),
 }
 
 impl From<gst::glib::BoolError> for PipelineError {
@@ -129,6 +132,8 @@ pub enum PipelineEvent {
     Eos,
     /// An element failed.
     Error { element: String, message: String },
+    /// An RTMP output failed (could not connect, or dropped); the others go on.
+    OutputFailed { url: String, message: String },
 }
 
 /// A built pipeline and its bus reader.
@@ -137,7 +142,9 @@ pub struct Pipeline {
     pipeline: std::mem::ManuallyDrop<gst::Pipeline>,
     mux: gst::Element,
     events: mpsc::UnboundedReceiver<PipelineEvent>,
-    bus_task: JoinHandle<()>,
+    outputs: Option<Arc<rtmp::Outputs>>,
+    /// Events that arrived while waiting for something else, handed out first.
+    deferred: std::collections::VecDeque<PipelineEvent>,
     playing: bool,
 }
 
@@ -234,6 +241,7 @@ impl Pipeline {
         gst::Element::link_many(video)?;
         gst::Element::link_many(audio)?;
 
+        let mut outputs = None;
         let (mux, video_pad, audio_pad) = match &spec.sink {
             Sink::File(path) => {
                 let mux = make("mp4mux", "mux")?;
@@ -259,45 +267,35 @@ impl Pipeline {
                 tee.set_property("allow-not-linked", true);
                 pipeline.add_many([&mux, &tee])?;
                 mux.link(&tee)?;
-                for (i, url) in urls.iter().enumerate() {
-                    let q = queue(&format!("queue_{i}"), QUEUE_TIME)?;
-                    q.set_property_from_str("leaky", "downstream");
-                    let sink = make("rtmp2sink", &format!("sink_{i}"))?;
-                    sink.set_property("location", url);
-                    sink.set_property("sync", false);
-                    sink.set_property("async", false);
-                    pipeline.add_many([&q, &sink])?;
-                    q.link(&sink)?;
-                    let tee_pad = tee
-                        .request_pad_simple("src_%u")
-                        .ok_or_else(|| PipelineError::Build("tee gave no pad".into()))?;
-                    let q_pad = q.static_pad("sink").expect("queues have a sink pad");
-                    tee_pad.link(&q_pad)?;
+                let branches = rtmp::Outputs::new(&pipeline, &tee);
+                for url in urls {
+                    branches.add(url)?;
                 }
+                outputs = Some(Arc::new(branches));
                 (mux, "video", "audio")
             }
         };
         link_to_mux(&vqueue, &mux, video_pad)?;
         link_to_mux(&aqueue, &mux, audio_pad)?;
 
+        // Messages are read in the posting thread: an RTMP branch's error must be acted on
+        // before it reaches the tee (see rtmp.rs); everything goes on to the session's channel.
         let (tx, events) = mpsc::unbounded_channel();
         let bus = pipeline.bus().expect("a pipeline has a bus");
-        let pipeline_name = pipeline.name();
-        let bus_task = tokio::spawn(async move {
-            let mut messages = bus.stream();
-            while let Some(msg) = messages.next().await {
-                if let Some(event) = to_event(&msg, &pipeline_name) {
-                    if tx.send(event).is_err() {
-                        break;
-                    }
-                }
+        let pipeline_name = pipeline.name().to_string();
+        let branches = outputs.clone();
+        bus.set_sync_handler(move |_, msg| {
+            if let Some(event) = to_event(msg, &pipeline_name, branches.as_deref()) {
+                let _ = tx.send(event);
             }
+            gst::BusSyncReply::Drop
         });
         Ok(Self {
             pipeline: std::mem::ManuallyDrop::new(pipeline),
             mux,
             events,
-            bus_task,
+            outputs,
+            deferred: std::collections::VecDeque::new(),
             playing: false,
         })
     }
@@ -308,15 +306,19 @@ impl Pipeline {
             PipelineError::Start(self.first_error().unwrap_or_else(|| e.to_string()))
         })?;
         let wait = async {
-            match self.events.recv().await {
-                Some(PipelineEvent::Playing) => Ok(()),
-                Some(PipelineEvent::Error { element, message }) => {
-                    Err(PipelineError::Start(format!("{element}: {message}")))
+            loop {
+                match self.events.recv().await {
+                    Some(PipelineEvent::Playing) => return Ok(()),
+                    Some(PipelineEvent::Error { element, message }) => {
+                        return Err(PipelineError::Start(format!("{element}: {message}")))
+                    }
+                    Some(PipelineEvent::Eos) => {
+                        return Err(PipelineError::Start("end of stream before start".into()))
+                    }
+                    // One RTMP URL failing does not stop the others: the session handles it.
+                    Some(ev @ PipelineEvent::OutputFailed { .. }) => self.deferred.push_back(ev),
+                    None => return Err(PipelineError::Start("bus closed".into())),
                 }
-                Some(PipelineEvent::Eos) => {
-                    Err(PipelineError::Start("end of stream before start".into()))
-                }
-                None => Err(PipelineError::Start("bus closed".into())),
             }
         };
         let r = tokio::time::timeout(timeout, wait)
@@ -328,6 +330,9 @@ impl Pipeline {
 
     /// The next event from the bus; `None` once the bus is gone.
     pub async fn next_event(&mut self) -> Option<PipelineEvent> {
+        if let Some(ev) = self.deferred.pop_front() {
+            return Some(ev);
+        }
         self.events.recv().await
     }
 
@@ -366,6 +371,26 @@ impl Pipeline {
         }
     }
 
+    /// Streams to one more RTMP URL.
+    pub fn add_output(&self, url: &str) -> Result<(), PipelineError> {
+        match &self.outputs {
+            Some(o) => o.add(url),
+            None => Err(PipelineError::Output(
+                "cannot add rtmp output to file recording".into(),
+            )),
+        }
+    }
+
+    /// Stops streaming to an RTMP URL.
+    pub async fn remove_output(&self, url: &str) -> Result<(), PipelineError> {
+        match &self.outputs {
+            Some(o) => o.remove(url).await,
+            None => Err(PipelineError::Output(
+                "cannot remove rtmp output from file recording".into(),
+            )),
+        }
+    }
+
     /// Waits up to `timeout` for EOS; Ok(false) on timeout, Err on an element error.
     async fn wait_eos(&mut self, timeout: Duration) -> Result<bool, PipelineError> {
         let wait = async {
@@ -375,7 +400,7 @@ impl Pipeline {
                     PipelineEvent::Error { element, message } => {
                         return Err(PipelineError::Runtime(format!("{element}: {message}")))
                     }
-                    PipelineEvent::Playing => {}
+                    PipelineEvent::Playing | PipelineEvent::OutputFailed { .. } => {}
                 }
             }
             Ok(false)
@@ -398,7 +423,6 @@ impl Pipeline {
 
     fn release(mut self, done: Option<tokio::sync::oneshot::Sender<()>>) {
         self.playing = false;
-        self.bus_task.abort();
         // SAFETY: `self` is consumed here and `Drop` is skipped (mem::forget below), so the
         // pipeline is taken exactly once.
         let pipeline = unsafe { std::mem::ManuallyDrop::take(&mut self.pipeline) };
@@ -418,7 +442,6 @@ impl Pipeline {
 
 impl Drop for Pipeline {
     fn drop(&mut self) {
-        self.bus_task.abort();
         // SAFETY: drop runs once and nothing uses the field afterwards.
         let pipeline = unsafe { std::mem::ManuallyDrop::take(&mut self.pipeline) };
         release_on_thread(pipeline, None);
@@ -433,6 +456,9 @@ fn release_on_thread(pipeline: gst::Pipeline, done: Option<tokio::sync::oneshot:
             if let Err(e) = pipeline.set_state(gst::State::Null) {
                 tracing::warn!(error = %e, "could not set the pipeline to NULL");
             }
+            if let Some(bus) = pipeline.bus() {
+                bus.unset_sync_handler();
+            }
             drop(pipeline);
             if let Some(done) = done {
                 let _ = done.send(());
@@ -443,7 +469,11 @@ fn release_on_thread(pipeline: gst::Pipeline, done: Option<tokio::sync::oneshot:
     }
 }
 
-fn to_event(msg: &gst::Message, pipeline_name: &str) -> Option<PipelineEvent> {
+fn to_event(
+    msg: &gst::Message,
+    pipeline_name: &str,
+    outputs: Option<&rtmp::Outputs>,
+) -> Option<PipelineEvent> {
     use gst::MessageView;
     match msg.view() {
         MessageView::Eos(_) => Some(PipelineEvent::Eos),
@@ -453,6 +483,12 @@ fn to_event(msg: &gst::Message, pipeline_name: &str) -> Option<PipelineEvent> {
                 .map(|s| s.name().to_string())
                 .unwrap_or_else(|| "pipeline".into());
             tracing::debug!(element, error = %e.error(), debug = ?e.debug(), "pipeline error");
+            if let Some(branch) = outputs.and_then(|o| o.on_element_error(&element)) {
+                return branch.ok().map(|url| PipelineEvent::OutputFailed {
+                    url,
+                    message: e.error().to_string(),
+                });
+            }
             Some(PipelineEvent::Error {
                 element,
                 message: e.error().to_string(),
@@ -474,7 +510,7 @@ fn to_event(msg: &gst::Message, pipeline_name: &str) -> Option<PipelineEvent> {
     }
 }
 
-fn make(factory: &str, name: &str) -> Result<gst::Element, PipelineError> {
+pub(crate) fn make(factory: &str, name: &str) -> Result<gst::Element, PipelineError> {
     gst::ElementFactory::make(factory)
         .name(name)
         .build()
@@ -488,7 +524,7 @@ fn capsfilter(name: &str, caps: gst::Caps) -> Result<gst::Element, PipelineError
 }
 
 /// A queue bounded by time only (`max_time` ns; 0 = a short raw-frame queue of 3 buffers).
-fn queue(name: &str, max_time: u64) -> Result<gst::Element, PipelineError> {
+pub(crate) fn queue(name: &str, max_time: u64) -> Result<gst::Element, PipelineError> {
     let q = make("queue", name)?;
     if max_time == 0 {
         q.set_property("max-size-buffers", 3u32);

@@ -158,6 +158,8 @@ struct Recorded {
     duration: Duration,
     /// The file was finished by a clean EOS.
     finished: bool,
+    /// Each RTMP URL streamed to, with its duration: removed and failed ones first, in order.
+    rtmp: Vec<RtmpResult>,
 }
 
 /// Runs one recording to its end. Never panics on bad input; every failure is in the result.
@@ -222,15 +224,7 @@ pub async fn run(
                     local_file = Some(local_path.clone());
                 }
             }
-            Output::Rtmp { urls } => {
-                info.rtmp = urls
-                    .iter()
-                    .map(|u| RtmpResult {
-                        stream_url: u.clone(),
-                        duration: secs,
-                    })
-                    .collect();
-            }
+            Output::Rtmp { .. } => info.rtmp = rec.rtmp.clone(),
         }
     }
     if error.is_empty() && recorded.is_none() {
@@ -393,8 +387,25 @@ async fn record(
     *recorded = Some(Recorded {
         duration: Duration::ZERO,
         finished: false,
+        rtmp: Vec::new(),
     });
     tracing::info!(id = %spec.id, "recording");
+    // RTMP URLs streaming now (with their start) and those that stopped.
+    let mut active: Vec<(String, Instant)> = match &spec.output {
+        Output::Rtmp { urls } => urls.iter().map(|u| (u.clone(), playing_since)).collect(),
+        Output::File { .. } => Vec::new(),
+    };
+    let mut ended: Vec<RtmpResult> = Vec::new();
+    let stop_streaming =
+        |active: &mut Vec<(String, Instant)>, ended: &mut Vec<RtmpResult>, url: &str| {
+            if let Some(i) = active.iter().position(|(u, _)| u == url) {
+                let (url, since) = active.remove(i);
+                ended.push(RtmpResult {
+                    stream_url: url,
+                    duration: i64::try_from(since.elapsed().as_secs()).unwrap_or(i64::MAX),
+                });
+            }
+        };
 
     enum End {
         Stop,
@@ -412,17 +423,19 @@ async fn record(
             tokio::select! {
                 cmd = commands.recv() => match cmd {
                     Some(Command::Stop) | None => break End::Stop,
-                    Some(Command::AddOutput { reply, .. }) => {
-                        let _ = reply.send(Err(match spec.output {
-                            Output::File { .. } => "cannot add rtmp output to file recording".into(),
-                            Output::Rtmp { .. } => "adding rtmp outputs while recording is not supported yet".into(),
-                        }));
+                    Some(Command::AddOutput { url, reply }) => {
+                        let r = pipeline.add_output(&url).map_err(|e| e.to_string());
+                        if r.is_ok() {
+                            active.push((url, Instant::now()));
+                        }
+                        let _ = reply.send(r);
                     }
-                    Some(Command::RemoveOutput { reply, .. }) => {
-                        let _ = reply.send(Err(match spec.output {
-                            Output::File { .. } => "cannot remove rtmp output from file recording".into(),
-                            Output::Rtmp { .. } => "removing rtmp outputs while recording is not supported yet".into(),
-                        }));
+                    Some(Command::RemoveOutput { url, reply }) => {
+                        let r = pipeline.remove_output(&url).await.map_err(|e| e.to_string());
+                        if r.is_ok() {
+                            stop_streaming(&mut active, &mut ended, &url);
+                        }
+                        let _ = reply.send(r);
                     }
                 },
                 _ = force.cancelled() => break End::Force,
@@ -449,6 +462,18 @@ async fn record(
                             Some(note) => SessionError::PartDied(note),
                             None => SessionError::Pipeline(PipelineError::Runtime(format!("{element}: {message}"))),
                         });
+                    }
+                    Some(PipelineEvent::OutputFailed { url, message }) => {
+                        tracing::warn!(output = %crate::pipeline::rtmp::redact(&url), error = %message, "rtmp output failed; the others go on");
+                        if let Err(e) = pipeline.remove_output(&url).await {
+                            tracing::debug!(error = %e, "failed rtmp output already gone");
+                        }
+                        stop_streaming(&mut active, &mut ended, &url);
+                        if active.is_empty() {
+                            break End::Failed(SessionError::Pipeline(PipelineError::Runtime(
+                                format!("every rtmp output failed, the last with: {message}"),
+                            )));
+                        }
                     }
                     Some(PipelineEvent::Eos) => break End::Stop,
                     Some(PipelineEvent::Playing) => {}
@@ -483,9 +508,13 @@ async fn record(
             (finished, Err(err))
         }
     };
+    for (url, _) in active.clone() {
+        stop_streaming(&mut active, &mut ended, &url);
+    }
     *recorded = Some(Recorded {
         duration: playing_since.elapsed(),
         finished,
+        rtmp: ended,
     });
     result
 }

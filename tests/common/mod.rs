@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod livekit;
+pub mod rtmp;
 pub mod storage;
 
 use std::collections::HashMap;
