@@ -104,14 +104,23 @@ pub fn main() -> ExitCode {
         }
     };
     let root = CancellationToken::new();
+    // Before anything starts: a stop signal must never find the default action (exit) in place.
+    let signals = match runtime.block_on(async { crate::signals::StopSignals::install() }) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("livekit-recorder: could not install signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let code = if args.service_mode {
         runtime.block_on(crate::service::run_with_signals(
             Arc::new(config),
             uploader,
+            signals,
             root,
         ))
     } else {
-        runtime.block_on(run_standalone(&args, config, uploader, root))
+        runtime.block_on(run_standalone(&args, config, uploader, signals, root))
     };
     // Anything still running (a stuck reader) must not keep the process up.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
@@ -159,6 +168,7 @@ async fn run_standalone(
     args: &Args,
     config: Config,
     uploader: Option<Arc<crate::upload::Uploader>>,
+    signals: crate::signals::StopSignals,
     root: CancellationToken,
 ) -> ExitCode {
     let req = match request::load(args.request_body.as_deref(), args.request.as_deref()) {
@@ -168,7 +178,7 @@ async fn run_standalone(
             return ExitCode::from(2);
         }
     };
-    let outcome = standalone::run(Arc::new(config), uploader, req, root).await;
+    let outcome = standalone::run(Arc::new(config), uploader, req, signals, root).await;
     println!(
         "{}",
         serde_json::to_string(&outcome).expect("the outcome always serializes")

@@ -26,6 +26,7 @@ pub mod proto;
 pub mod request;
 pub mod service;
 pub mod session;
+pub mod signals;
 pub mod standalone;
 pub mod template;
 pub mod templates;

@@ -5,13 +5,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::Serialize;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::proto::livekit::StartRecordingRequest;
 use crate::request;
 use crate::session::SessionHandle;
+use crate::signals::StopSignals;
 use crate::upload::Uploader;
 
 /// The recording id in standalone mode, as in the original.
@@ -59,6 +59,7 @@ pub async fn run(
     config: Arc<Config>,
     uploader: Option<Arc<Uploader>>,
     req: StartRecordingRequest,
+    mut signals: StopSignals,
     root: CancellationToken,
 ) -> Outcome {
     let spec = match request::validate(STANDALONE_ID, &req, &config) {
@@ -69,20 +70,10 @@ pub async fn run(
     let session = SessionHandle::spawn(spec, config, uploader, force.clone());
     let stopper = session.commands();
     let signals = tokio::spawn(async move {
-        let (Ok(mut int), Ok(mut term), Ok(mut quit)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-            signal(SignalKind::quit()),
-        ) else {
-            tracing::error!("could not install signal handlers");
-            return;
-        };
         let mut count = 0;
         loop {
             tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-                _ = quit.recv() => {}
+                _ = signals.recv() => {}
                 () = force.cancelled() => return,
             }
             count += 1;

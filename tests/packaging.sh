@@ -153,8 +153,11 @@ def dockerfile_deps(path):
     stages, _ = dockerfile_stages(path)
     assert len(stages) >= 2, "expected a build stage and a runtime stage"
     runs = [" ".join(r for w, r in s if w == "RUN") for s in stages]
-    assert re.search(r"deploy/install-deps\.sh build\b", runs[0]), "build stage does not run install-deps.sh build"
-    assert "cargo build --release --locked" in runs[0], "build stage does not run cargo build --release --locked"
+    # The stage that compiles the binary (a web stage may come before it).
+    build = [r for r in runs if "cargo build" in r]
+    assert build, "no stage runs cargo build"
+    assert re.search(r"deploy/install-deps\.sh build\b", build[0]), "build stage does not run install-deps.sh build"
+    assert "cargo build --release --locked" in build[0], "build stage does not run cargo build --release --locked"
     assert re.search(r"deploy/install-deps\.sh runtime\b", runs[-1]), "runtime stage does not run install-deps.sh runtime"
     assert "debian:" in stages[-1][0][1] and "slim" in stages[-1][0][1], f"runtime base {stages[-1][0][1]}"
     for s in runs:

@@ -23,6 +23,7 @@ use crate::proto::livekit::{
     recording_request, RecordingInfo, RecordingRequest, RecordingReservation, RecordingResponse,
 };
 use crate::session::{Command, SessionHandle, SessionResult};
+use crate::signals::{StopSignal, StopSignals};
 use crate::upload::Uploader;
 use bus::{Bus, BusError, Event, RESERVATION_CHANNEL, RESULT_CHANNEL};
 
@@ -86,6 +87,7 @@ pub struct Shutdown {
 pub async fn run_with_signals(
     config: Arc<Config>,
     uploader: Option<Arc<Uploader>>,
+    signals: StopSignals,
     root: CancellationToken,
 ) -> ExitCode {
     let shutdown = Shutdown {
@@ -93,7 +95,7 @@ pub async fn run_with_signals(
         stop_now: CancellationToken::new(),
         force: root,
     };
-    let signals = tokio::spawn(watch_signals(shutdown.clone()));
+    let signals = tokio::spawn(watch_signals(signals, shutdown.clone()));
     let (status_tx, status_rx) = watch::channel(Status::Starting);
     let health_stop = CancellationToken::new();
     let health = if config.health_port != 0 {
@@ -132,30 +134,17 @@ pub async fn run_with_signals(
     }
 }
 
-async fn watch_signals(shutdown: Shutdown) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term), Ok(mut quit)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-        signal(SignalKind::quit()),
-    ) else {
-        tracing::error!("could not install signal handlers");
-        return;
-    };
+async fn watch_signals(mut signals: StopSignals, shutdown: Shutdown) {
     let mut seen = 0;
     loop {
-        let now = tokio::select! {
-            _ = int.recv() => true,
-            _ = term.recv() => false,
-            _ = quit.recv() => false,
-        };
+        let kind = signals.recv().await;
         seen += 1;
         if seen > 1 {
             tracing::warn!("second signal: forcing the recorder down");
             shutdown.force.cancel();
             return;
         }
-        if now {
+        if kind == StopSignal::Interrupt {
             tracing::info!("SIGINT: ending the current recording now, then exiting");
             shutdown.stop_now.cancel();
         } else {
