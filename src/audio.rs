@@ -99,6 +99,9 @@ impl AudioServer {
         tracing::debug!(socket = %socket.display(), rate, "PulseAudio ready");
         let server = format!("unix:{}", socket.display());
         let (anchor, flowing) = start_anchor(&server);
+        if anchor.is_some() {
+            tokio::spawn(kick_sink(server.clone(), flowing.clone()));
+        }
         Ok(Self {
             child,
             anchor,
@@ -133,8 +136,9 @@ impl AudioServer {
     /// created), and without a client that asks for low latency it keeps rendering in such
     /// blocks: a recording stream that connects meanwhile gets nothing until then, and at the end
     /// loses what is still in the block. The anchor (a `parec` at 10 ms latency, started with
-    /// the server and kept until it stops) fixes both; this waits for its first audio, so that
-    /// the pipeline plays only once audio flows. Returns a task to await before playing.
+    /// the server and kept until it stops) and a suspend/resume of the sink once it is connected
+    /// fix both; this waits for the anchor's first audio, so that the pipeline plays only once
+    /// audio flows (about 0.1 s after start). Returns a task to await before playing.
     pub fn warm_up(&self, timeout: Duration) -> tokio::task::JoinHandle<Result<(), AudioError>> {
         let mut flowing = self.flowing.clone();
         tokio::spawn(async move {
@@ -193,6 +197,38 @@ fn start_anchor(server: &str) -> (Option<Child>, tokio::sync::watch::Receiver<bo
         Err(e) => {
             tracing::warn!(error = %e, "no low-latency monitor reader; audio may start late");
             (None, rx)
+        }
+    }
+}
+
+/// A fresh null sink renders its first block at its maximum latency, 2 s; suspending and
+/// resuming it once the low-latency anchor is connected makes it start over at the anchor's
+/// 10 ms. Retried a few times, since the anchor may not be connected at the first try.
+async fn kick_sink(server: String, mut flowing: tokio::sync::watch::Receiver<bool>) {
+    for attempt in 1..=5u64 {
+        tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+        if *flowing.borrow() {
+            return;
+        }
+        for suspend in ["1", "0"] {
+            let run = tokio::process::Command::new("pactl")
+                .arg("-s")
+                .arg(&server)
+                .args(["suspend-sink", SINK, suspend])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .status();
+            if let Err(e) = tokio::time::timeout(Duration::from_secs(2), run).await {
+                tracing::debug!(error = %e, "pactl suspend-sink timed out");
+            }
+        }
+        if tokio::time::timeout(Duration::from_millis(300), flowing.wait_for(|f| *f))
+            .await
+            .is_ok()
+        {
+            tracing::debug!(attempt, "audio sink kicked into low latency");
+            return;
         }
     }
 }

@@ -207,8 +207,13 @@ impl Browser {
     /// Closes the browser and waits until every one of its processes is gone.
     pub async fn stop(&mut self) -> Result<(), ProcessError> {
         if self.child.exit_status().is_none() {
-            // A polite close first; the process group is stopped either way.
-            let _ = tokio::time::timeout(Duration::from_secs(2), self.cdp.close()).await;
+            // A polite close first; the process group is stopped either way. Chromium often
+            // exits before it answers, so its exit ends the wait too.
+            tokio::select! {
+                _ = self.cdp.close() => {}
+                _ = self.child.exited() => {}
+                () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
         }
         for t in &self.tasks {
             t.abort();

@@ -156,9 +156,9 @@ impl Child {
         }
     }
 
-    /// Whether any process of the group is still there.
+    /// Whether any process of the group is still running.
     pub fn group_alive(&self) -> bool {
-        !self.gone && killpg(self.pgid, None).is_ok()
+        !self.gone && group_running(self.pgid)
     }
 
     /// Stops the group: SIGTERM, up to `grace` for it to go, then SIGKILL; returns once no process
@@ -191,8 +191,9 @@ impl Child {
     async fn wait_group_gone(&mut self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            // The leader must be reaped (its zombie still counts) and every member gone.
-            if self.exit_status().is_some() && killpg(self.pgid, None).is_err() {
+            // The leader must be reaped, and no member left running. Orphaned members that have
+            // exited wait as zombies for init to reap them: they are gone for our purposes.
+            if self.exit_status().is_some() && !group_running(self.pgid) {
                 self.gone = true;
                 return true;
             }
@@ -202,6 +203,35 @@ impl Child {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// Whether any process of group `pgid` is running (not a zombie), from /proc; where /proc cannot
+/// be read, whether the group exists at all.
+fn group_running(pgid: Pid) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return killpg(pgid, None).is_ok();
+    };
+    let want = pgid.as_raw();
+    entries.flatten().any(|e| {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            return false;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return false;
+        };
+        // pid (comm) state ppid pgrp ...; comm may hold spaces and parentheses.
+        let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else {
+            return false;
+        };
+        let mut fields = rest.split(' ');
+        let state = fields.next().unwrap_or("Z");
+        let pgrp = fields.nth(1).and_then(|p| p.parse::<i32>().ok());
+        pgrp == Some(want) && state != "Z" && state != "X"
+    })
 }
 
 impl Drop for Child {
