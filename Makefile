@@ -43,7 +43,7 @@ test-integration:
 
 # Template unit tests (vitest), then the four layouts in Chromium as the recorder serves them.
 test-web: web
-	cd web && npm test
+	cd web && npm test && npm run test:browser
 	bash scripts/smoke-templates.sh target/debug/livekit-recorder
 
 test-packaging:

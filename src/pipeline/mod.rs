@@ -184,7 +184,7 @@ impl Pipeline {
         )?;
         let venc = make("x264enc", "video_enc")?;
         venc.set_property("bitrate", o.video_bitrate);
-        venc.set_property_from_str("speed-preset", "veryfast");
+        venc.set_property_from_str("speed-preset", "superfast");
         venc.set_property_from_str("tune", "zerolatency");
         // A keyframe at least every 2 s: seekable files, quick joins for RTMP viewers.
         venc.set_property("key-int-max", o.framerate * 2);

@@ -1,9 +1,16 @@
 // livekit-client glue and DOM rendering for the speaker and grid layouts.
 // The decisions (who is shown where, when to log the markers) live in the pure
 // modules layout.ts and markers.ts; this file only feeds them and applies the result.
+//
+// Written against livekit-client 1.1.7 (pinned in package.json, see README.md),
+// the SDK generation of livekit-server v0.15.2 - v1.1.0 (protocol 7/8). Its API
+// differs from 2.x: `room.participants` is keyed by participant *sid*,
+// publications are `participant.tracks` / `getTrack(source)`, there is no
+// DisconnectReason and no ParticipantNameChanged event, and on a full reconnect
+// `Reconnected` is emitted *before* the participants are re-added.
 
 import {
-  DisconnectReason,
+  ConnectionState,
   type Participant,
   type RemoteParticipant,
   type RemoteTrack,
@@ -63,7 +70,7 @@ export async function runRoom(opts: RoomOptions): Promise<Room | null> {
     const m = markers.handle(ev);
     if (m) console.log(m);
   };
-  const remoteCount = () => room.remoteParticipants.size;
+  const remoteCount = () => room.participants.size;
 
   // ---- rendering -------------------------------------------------------
   const tiles = new Map<string, Tile>();
@@ -73,19 +80,20 @@ export async function runRoom(opts: RoomOptions): Promise<Room | null> {
   let closed = false;
 
   const participantsInJoinOrder = (): RemoteParticipant[] =>
-    [...room.remoteParticipants.values()].sort(
+    [...room.participants.values()].sort(
       (a, b) => (a.joinedAt?.getTime() ?? 0) - (b.joinedAt?.getTime() ?? 0),
     );
 
   const livePublication = (p: RemoteParticipant, source: TileSource): RemoteTrackPublication | undefined => {
-    const pub = p.getTrackPublication(source === 'screen' ? Track.Source.ScreenShare : Track.Source.Camera) as
-      | RemoteTrackPublication
-      | undefined;
+    const pub = p.getTrack(source === 'screen' ? Track.Source.ScreenShare : Track.Source.Camera);
     return pub && pub.isSubscribed && !pub.isMuted && pub.track ? pub : undefined;
   };
 
-  const activeSpeakerIds = (): string[] =>
-    room.activeSpeakers.filter((p: Participant) => room.remoteParticipants.has(p.identity)).map((p) => p.identity);
+  // room.participants is keyed by sid; active speakers may include the local participant.
+  const activeSpeakerIds = (): string[] => {
+    const remote = new Set([...room.participants.values()].map((p) => p.identity));
+    return room.activeSpeakers.filter((p: Participant) => remote.has(p.identity)).map((p) => p.identity);
+  };
 
   const makeTile = (): Tile => {
     const tile = el('div', 'tile');
@@ -207,14 +215,29 @@ export async function runRoom(opts: RoomOptions): Promise<Room | null> {
   /** Drops audio elements of tracks no remote participant still has. */
   const pruneAudio = () => {
     const live = new Set<RemoteTrack>();
-    for (const p of room.remoteParticipants.values()) {
-      for (const pub of p.trackPublications.values()) if (pub.track) live.add(pub.track);
+    for (const p of room.participants.values()) {
+      for (const pub of p.tracks.values()) if (pub.track) live.add(pub.track);
     }
     for (const track of [...audioEls.keys()]) if (!live.has(track)) detachAudio(track);
   };
 
+  // livekit-client 1.1.x keeps an internal promise (`connectFuture`) while
+  // connecting/reconnecting and rejects it when that fails, even when nobody
+  // awaits it (connect() throws its own error): an "Uncaught (in promise)" page
+  // error. Attach a no-op handler whenever such a promise is created.
+  const quietConnectFuture = () => {
+    const future = (room as unknown as { connectFuture?: { promise?: Promise<void> } }).connectFuture;
+    future?.promise?.catch(() => undefined);
+  };
+
   // ---- events ----------------------------------------------------------
+  // 1.1.7 gives no reason with Disconnected; it is either a leave from the
+  // server (room deleted, participant removed, ...) or a failed reconnect.
+  let reconnecting = false;
   room
+    .on(RoomEvent.ConnectionStateChanged, (state: ConnectionState) => {
+      if (state === ConnectionState.Connecting || state === ConnectionState.Reconnecting) quietConnectFuture();
+    })
     .on(RoomEvent.ParticipantConnected, () => {
       if (connected) feed({ type: 'participantJoined', remoteCount: remoteCount() });
       scheduleRender();
@@ -228,9 +251,18 @@ export async function runRoom(opts: RoomOptions): Promise<Room | null> {
         if (connected) feed({ type: 'participantLeft', remoteCount: remoteCount() });
       }, 0);
     })
-    .on(RoomEvent.Reconnecting, () => feed({ type: 'reconnecting' }))
+    .on(RoomEvent.Reconnecting, () => {
+      reconnecting = true;
+      feed({ type: 'reconnecting' });
+    })
     .on(RoomEvent.Reconnected, () => {
-      feed({ type: 'reconnected', remoteCount: remoteCount() });
+      reconnecting = false;
+      // After a full reconnect livekit-client 1.x emits Reconnected first and
+      // re-adds the participants (ParticipantConnected each) synchronously
+      // right after; count them once that has happened.
+      setTimeout(() => {
+        if (connected) feed({ type: 'reconnected', remoteCount: remoteCount() });
+      }, 0);
       scheduleRender();
     })
     .on(RoomEvent.TrackSubscribed, (track: RemoteTrack) => {
@@ -246,11 +278,12 @@ export async function runRoom(opts: RoomOptions): Promise<Room | null> {
     .on(RoomEvent.TrackMuted, scheduleRender)
     .on(RoomEvent.TrackUnmuted, scheduleRender)
     .on(RoomEvent.ActiveSpeakersChanged, scheduleRender)
-    .on(RoomEvent.ParticipantNameChanged, scheduleRender)
+    // 1.x has no ParticipantNameChanged; names are re-read on every render.
+    .on(RoomEvent.ParticipantMetadataChanged, scheduleRender)
     .on(RoomEvent.AudioPlaybackStatusChanged, () => {
       if (!room.canPlaybackAudio) room.startAudio().catch(() => undefined);
     })
-    .on(RoomEvent.Disconnected, (reason?: DisconnectReason) => {
+    .on(RoomEvent.Disconnected, () => {
       if (!connected) return; // connect() itself failed; reported below
       connected = false;
       const wasRecording = markers.state === 'recording';
@@ -258,7 +291,8 @@ export async function runRoom(opts: RoomOptions): Promise<Room | null> {
       closed = true;
       for (const key of [...tiles.keys()]) dropTile(key);
       for (const track of [...audioEls.keys()]) detachAudio(track);
-      const why = reason !== undefined ? DisconnectReason[reason] ?? String(reason) : 'unknown';
+      const why = reconnecting ? 'connection lost, reconnect failed' : 'left by the server';
+      reconnecting = false;
       if (wasRecording || markers.ended) opts.showNotice('room closed');
       else opts.showError(`room closed before recording started (${why})`);
     });
@@ -273,8 +307,8 @@ export async function runRoom(opts: RoomOptions): Promise<Room | null> {
   feed({ type: 'connected', remoteCount: remoteCount() });
   // Tracks subscribed during connect already fired TrackSubscribed; this
   // catches anything published but not yet attached.
-  for (const p of room.remoteParticipants.values()) {
-    for (const pub of p.trackPublications.values()) {
+  for (const p of room.participants.values()) {
+    for (const pub of p.tracks.values()) {
       if (pub.track && pub.kind === Track.Kind.Audio) attachAudio(pub.track);
     }
   }

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Drives the real page code (src/main.ts + src/room.ts) in Chromium against a
-// fake livekit-client (tests/fixtures/fake-livekit.mjs): checks the console
-// markers and the rendered layouts without a LiveKit server.
+// fake livekit-client 1.1.x (tests/fixtures/fake-livekit.mjs): checks the
+// console markers and the rendered layouts without a LiveKit server.
 //
 //   npm run test:browser            (SCREENSHOTS=dir to also save screenshots)
 //
@@ -149,8 +149,14 @@ async function gridScenario(browser, files) {
   await t.page.waitForTimeout(100);
   check('grid: full reconnect dropping everybody does not END', eq(t.markers(), ['START_RECORDING']), JSON.stringify(t.markers()));
   await t.fake('restarted', ids);
+  await t.page.waitForTimeout(50);
   s = await t.state();
   check('grid: participants back after reconnect', s.tiles.length === 9, String(s.tiles.length));
+  check(
+    'grid: Reconnected before participants are re-added does not END',
+    eq(t.markers(), ['START_RECORDING']),
+    JSON.stringify(t.markers()),
+  );
 
   for (const id of ['alice', 'bob', 'carol', 'p1', 'p2', 'p3', 'p4', 'p5', 'p6', 'p7']) {
     await t.page.evaluate((x) => window.__fake.leave(x), id);
@@ -187,6 +193,20 @@ async function speakerScenario(browser, files) {
   await t.fake('speakers', []);
   s = await t.state();
   check('speaker: main kept during silence', s.tiles[0].name === 'bob', JSON.stringify(s.tiles));
+  await t.fake('mute', 'bob', 'camera');
+  s = await t.state();
+  check('speaker: muted camera -> placeholder', s.tiles[0].name === 'bob' && s.tiles[0].cls.includes('no-video'), JSON.stringify(s.tiles));
+  await t.fake('mute', 'bob', 'camera', false);
+  s = await t.state();
+  check('speaker: unmuted camera -> video again', s.tiles[0].cls.includes('has-video'), JSON.stringify(s.tiles));
+  await t.fake('resume');
+  await t.fake('resumed');
+  s = await t.state();
+  check(
+    'speaker: resumed connection keeps markers and tiles',
+    eq(t.markers(), ['START_RECORDING']) && s.tiles.length === 2,
+    JSON.stringify({ markers: t.markers(), tiles: s.tiles.length }),
+  );
   await shot(t.page, 'speaker-light-2');
 
   await t.fake('publish', 'alice', 'video', 'screen_share', '#3a3');
@@ -216,11 +236,26 @@ async function closedBeforeStart(browser, files) {
   const t = await openPage(browser, files, '#/speaker-dark?url=ws%3A%2F%2Ffake&token=t');
   await t.fake('disconnect');
   const s = await t.state();
-  check('closed before START: no markers, div.error set', eq(t.markers(), []) && /^room closed before recording started/.test(s.error ?? ''), JSON.stringify(s));
+  check(
+    'closed before START: no markers, div.error set',
+    eq(t.markers(), []) && s.error === 'room closed before recording started (left by the server)',
+    JSON.stringify(s),
+  );
   await t.context.close();
+  const r = await openPage(browser, files, '#/grid-dark?url=ws%3A%2F%2Ffake&token=t');
+  await r.fake('resume');
+  await r.fake('disconnect');
+  const s1 = await r.state();
+  check(
+    'reconnect failed before START: div.error names it, no page errors',
+    eq(r.markers(), []) && s1.error === 'room closed before recording started (connection lost, reconnect failed)' && r.errors.length === 0,
+    JSON.stringify({ ...s1, errors: r.errors }),
+  );
+  await r.context.close();
   const f = await openPage(browser, files, '#/grid-light?url=ws%3A%2F%2Ffail&token=t');
   const s2 = await f.state();
   check('connect() rejecting: div.error "could not connect: ..."', s2.error === 'could not connect: fake failure', JSON.stringify(s2));
+  check('connect() rejecting: no unhandled rejection', f.errors.length === 0, f.errors.join('; '));
   await f.context.close();
 }
 
