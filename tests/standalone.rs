@@ -16,20 +16,36 @@ fn request(url: &str, path: &std::path::Path, options: &str) -> String {
     )
 }
 
-#[test]
-fn sigterm_finishes_a_playable_720p_file() -> Result<()> {
-    let web = WebServer::start(&[])?;
-    let dir = tempfile::tempdir()?;
-    let file = dir.path().join("nested/dir/x.mp4");
-    let req = request(&web.url("/"), &file, r#"{"preset": "HD_30"}"#);
+/// Starts recording the demo page served by `web` to `file` and waits until it records.
+fn record_demo(
+    web: &WebServer,
+    config: &str,
+    file: &std::path::Path,
+    options: &str,
+) -> Result<Recorder> {
+    let req = request(&web.url("/"), file, options);
     let mut rec = Recorder::start(
         &[
-            ("LIVEKIT_RECORDER_CONFIG", "file_output: {local: true}"),
+            ("LIVEKIT_RECORDER_CONFIG", config),
             ("RECORDING_REQUEST", &req),
         ],
         &[],
     )?;
     rec.wait_for_log("recording", Duration::from_secs(30))?;
+    Ok(rec)
+}
+
+#[test]
+fn sigterm_finishes_a_playable_720p_file() -> Result<()> {
+    let web = WebServer::start(&[])?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("nested/dir/x.mp4");
+    let rec = record_demo(
+        &web,
+        "file_output: {local: true}",
+        &file,
+        r#"{"preset": "HD_30"}"#,
+    )?;
     std::thread::sleep(Duration::from_secs(10));
     rec.signal(Signal::SIGTERM);
     let tag = rec.tag.clone();
@@ -93,15 +109,7 @@ fn sigkill_of_the_process_group_leaves_a_playable_file() -> Result<()> {
     let web = WebServer::start(&[])?;
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("killed.mp4");
-    let req = request(&web.url("/"), &file, r#"{"preset": "HD_30"}"#);
-    let mut rec = Recorder::start(
-        &[
-            ("LIVEKIT_RECORDER_CONFIG", LOCAL_CONFIG),
-            ("RECORDING_REQUEST", &req),
-        ],
-        &[],
-    )?;
-    rec.wait_for_log("recording", Duration::from_secs(30))?;
+    let rec = record_demo(&web, LOCAL_CONFIG, &file, r#"{"preset": "HD_30"}"#)?;
     std::thread::sleep(Duration::from_secs(10));
     rec.signal_group(Signal::SIGKILL);
     let tag = rec.tag.clone();
@@ -138,15 +146,12 @@ fn a_dead_part_ends_the_recording_with_an_error_and_a_finished_file() -> Result<
     ] {
         let dir = tempfile::tempdir()?;
         let file = dir.path().join("crash.mp4");
-        let req = request(&web.url("/"), &file, r#"{"width": 640, "height": 360}"#);
-        let mut rec = Recorder::start(
-            &[
-                ("LIVEKIT_RECORDER_CONFIG", LOCAL_CONFIG),
-                ("RECORDING_REQUEST", &req),
-            ],
-            &[],
+        let rec = record_demo(
+            &web,
+            LOCAL_CONFIG,
+            &file,
+            r#"{"width": 640, "height": 360}"#,
         )?;
-        rec.wait_for_log("recording", Duration::from_secs(30))?;
         std::thread::sleep(Duration::from_secs(5));
         let pid = tagged_process(&rec.tag, comm).expect("the process to kill");
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL)?;
@@ -184,15 +189,12 @@ fn a_second_signal_forces_a_stuck_finish() -> Result<()> {
     let web = WebServer::start(&[])?;
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("forced.mp4");
-    let req = request(&web.url("/"), &file, r#"{"width": 640, "height": 360}"#);
-    let mut rec = Recorder::start(
-        &[
-            ("LIVEKIT_RECORDER_CONFIG", LOCAL_CONFIG),
-            ("RECORDING_REQUEST", &req),
-        ],
-        &[],
+    let mut rec = record_demo(
+        &web,
+        LOCAL_CONFIG,
+        &file,
+        r#"{"width": 640, "height": 360}"#,
     )?;
-    rec.wait_for_log("recording", Duration::from_secs(30))?;
     std::thread::sleep(Duration::from_secs(4));
     // A frozen X server: the screen grab blocks, so EOS cannot get through.
     let xvfb = tagged_process(&rec.tag, "Xvfb").expect("the X server");
