@@ -297,3 +297,33 @@ fn bad_config_and_request_are_reported_clearly() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn a_page_that_does_not_load_fails_with_the_browsers_reason() -> Result<()> {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let dir = tempfile::tempdir()?;
+    let req = request(
+        &format!("http://127.0.0.1:{closed}/"),
+        &dir.path().join("x.mp4"),
+        r#"{"width": 640, "height": 360}"#,
+    );
+    let rec = Recorder::start(
+        &[
+            ("LIVEKIT_RECORDER_CONFIG", LOCAL_CONFIG),
+            ("RECORDING_REQUEST", &req),
+        ],
+        &[],
+    )?;
+    let tag = rec.tag.clone();
+    let done = rec.wait(Duration::from_secs(40))?;
+    assert_eq!(done.code, Some(1), "{}", done.stderr);
+    let error = done.result()?["error"].as_str().unwrap().to_owned();
+    assert_eq!(
+        error,
+        format!("could not load http://127.0.0.1:{closed}/: net::ERR_CONNECTION_REFUSED")
+    );
+    assert_nothing_left(&tag);
+    Ok(())
+}
