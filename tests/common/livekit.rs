@@ -202,14 +202,7 @@ impl Server {
         id: &str,
         url: &str,
     ) -> Result<std::result::Result<(), String>> {
-        self.rpc(
-            id,
-            recording_request::Request::AddOutput(AddOutputRequest {
-                recording_id: id.to_owned(),
-                rtmp_url: url.to_owned(),
-            }),
-        )
-        .await
+        self.output_rpc(id, url, true).await
     }
 
     pub async fn remove_output(
@@ -217,14 +210,28 @@ impl Server {
         id: &str,
         url: &str,
     ) -> Result<std::result::Result<(), String>> {
-        self.rpc(
-            id,
+        self.output_rpc(id, url, false).await
+    }
+
+    async fn output_rpc(
+        &mut self,
+        id: &str,
+        url: &str,
+        add: bool,
+    ) -> Result<std::result::Result<(), String>> {
+        let (recording_id, rtmp_url) = (id.to_owned(), url.to_owned());
+        let request = if add {
+            recording_request::Request::AddOutput(AddOutputRequest {
+                recording_id,
+                rtmp_url,
+            })
+        } else {
             recording_request::Request::RemoveOutput(RemoveOutputRequest {
-                recording_id: id.to_owned(),
-                rtmp_url: url.to_owned(),
-            }),
-        )
-        .await
+                recording_id,
+                rtmp_url,
+            })
+        };
+        self.rpc(id, request).await
     }
 
     /// Subscribes to results the way a server node does; results are claimed with SET NX.
