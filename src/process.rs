@@ -101,14 +101,6 @@ impl Child {
         })
     }
 
-    pub fn name(&self) -> &'static str {
-        self.name
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.pgid.as_raw().unsigned_abs()
-    }
-
     /// The exit status of the group leader, once it has exited.
     pub fn exit_status(&self) -> Option<String> {
         self.exit.borrow().clone()

@@ -55,11 +55,6 @@ impl Outputs {
             .expect("the branch list lock is never poisoned")
     }
 
-    /// The URLs being streamed to.
-    pub fn urls(&self) -> Vec<String> {
-        self.lock().iter().map(|b| b.url.clone()).collect()
-    }
-
     /// Adds a branch for `url`, running if the pipeline is. A branch added while recording asks
     /// the encoder for a keyframe, so its stream starts decodable.
     pub fn add(&self, url: &str) -> Result<(), PipelineError> {

@@ -122,11 +122,6 @@ impl SessionHandle {
         self.task
     }
 
-    /// Asks the session to finish; harmless if it already is finishing.
-    pub async fn stop(&self) {
-        let _ = self.commands.send(Command::Stop).await;
-    }
-
     /// Waits for the session's result.
     pub async fn wait(self) -> SessionResult {
         match self.task.await {

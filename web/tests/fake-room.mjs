@@ -7,36 +7,16 @@
 //
 // Prints PASS/FAIL per check, then "N passed, N failed"; exits 1 on failure.
 
-import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
-import { chromium } from 'playwright-core';
+import { check, finish, launchChromium } from './browser.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const web = join(here, '..');
 const ORIGIN = 'http://fake-room.test';
-const FLAGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--autoplay-policy=no-user-gesture-required',
-];
-
-let passed = 0;
-let failed = 0;
-function check(name, ok, detail = '') {
-  if (ok) passed++;
-  else failed++;
-  console.log(`${ok ? 'PASS' : 'FAIL'} ${name}${detail ? ` - ${detail}` : ''}`);
-}
 const eq = (a, b) => JSON.stringify(a) === JSON.stringify(b);
 
 async function bundle() {
@@ -261,9 +241,7 @@ async function closedBeforeStart(browser, files) {
 
 async function main() {
   const files = await bundle();
-  const executablePath =
-    process.env.CHROMIUM_PATH ?? ['/usr/lib/chromium/chromium', '/usr/bin/chromium'].find((p) => existsSync(p));
-  const browser = await chromium.launch({ executablePath, headless: true, args: FLAGS });
+  const browser = await launchChromium();
   try {
     await gridScenario(browser, files);
     await speakerScenario(browser, files);
@@ -273,8 +251,7 @@ async function main() {
   } finally {
     await browser.close();
   }
-  console.log(`${passed} passed, ${failed} failed`);
-  process.exit(failed === 0 ? 0 : 1);
+  finish();
 }
 
 main();

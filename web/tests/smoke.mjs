@@ -15,7 +15,7 @@ import { readFile, stat } from 'node:fs/promises';
 import { createServer } from 'node:http';
 import { dirname, extname, join, normalize, resolve, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { check, finish, launchChromium } from './browser.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const LAYOUTS = ['speaker-light', 'speaker-dark', 'grid-light', 'grid-dark'];
@@ -23,17 +23,6 @@ const MISSING = 'missing required params url and token';
 const CLOSED_WS = 'ws://127.0.0.1:9';
 const DUMMY_TOKEN = 'eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJzbW9rZSJ9.c21va2U';
 const CONNECT_ERROR_TIMEOUT_MS = 15_000;
-const CHROME_FLAGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--autoplay-policy=no-user-gesture-required',
-];
 
 // ---- static server (same contract as the recorder: index.html for unknown paths) ----
 
@@ -78,13 +67,7 @@ async function serve(dir) {
 
 // ---- checks ----
 
-let passed = 0;
-let failed = 0;
-function report(ok, name, detail = '') {
-  if (ok) passed++;
-  else failed++;
-  console.log(`${ok ? 'PASS' : 'FAIL'} ${name}${detail ? ` - ${detail}` : ''}`);
-}
+const report = (ok, name, detail = '') => check(name, ok, detail);
 
 async function withPage(browser, fn) {
   const context = await browser.newContext({ viewport: { width: 1280, height: 720 } });
@@ -200,12 +183,7 @@ async function main() {
     console.log(`serving ${resolve(process.env.SMOKE_DIST ?? join(here, '..', 'dist'))} at ${base}`);
   }
   const root = rootOf(base);
-  const executablePath =
-    process.env.CHROMIUM_PATH ??
-    ['/usr/lib/chromium/chromium', '/usr/bin/chromium'].find((p) => existsSync(p)) ??
-    '/usr/bin/chromium';
-
-  const browser = await chromium.launch({ executablePath, headless: true, args: CHROME_FLAGS });
+  const browser = await launchChromium();
   try {
     const q = `?url=${encodeURIComponent(CLOSED_WS)}&token=${DUMMY_TOKEN}`;
     for (const layout of LAYOUTS) {
@@ -224,8 +202,7 @@ async function main() {
     await browser.close();
     server?.close();
   }
-  console.log(`${passed} passed, ${failed} failed`);
-  process.exit(failed === 0 ? 0 : 1);
+  finish();
 }
 
 main().catch((e) => {
