@@ -41,7 +41,8 @@ test-unit:
 test-integration:
 	$(CARGO) test --locked --tests -- --test-threads=1
 
-# Template unit tests (vitest), then the four layouts in Chromium as the recorder serves them.
+# Template unit tests (vitest) and browser tests, then both pages (legacy recorder form, egress
+# form) in Chromium as the recorder serves them.
 test-web: web
 	cd web && npm test && npm run test:browser
 	bash scripts/smoke-templates.sh target/debug/livekit-recorder

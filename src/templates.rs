@@ -2,6 +2,10 @@
 //! binary at build time and served by the recorder itself on loopback, so that recording a room
 //! depends on no third-party host. Used when neither the request's `base_url` nor the config's
 //! `template_address` names another host.
+//!
+//! One server answers both address forms: the legacy recorder's `{base}/#/{layout}?url=&token=`
+//! ([`base_url`], `index.html`, livekit-client 1.1.7) and livekit egress's
+//! `{base}?layout=&token=&url=` ([`egress_base_url`], `egress.html`, livekit-client 2.x).
 
 use std::net::SocketAddr;
 
@@ -25,13 +29,29 @@ pub fn built() -> bool {
 }
 
 /// The template base address (`http://127.0.0.1:<port>/#`) of this process's template server,
-/// started on first use.
+/// started on first use: the legacy recorder form, `{base}/{layout}?url=...&token=...`.
 pub async fn base_url() -> Result<String, TemplatesError> {
+    Ok(format!("http://{}/#", server_addr().await?))
+}
+
+/// The egress page (`http://127.0.0.1:<port>/egress.html`) on the same server as [`base_url`]:
+/// livekit egress's room composite form, the base plus the query `layout`, `token`, `url`
+/// (added as Go's `url.Values.Encode` does). The page follows layout changes made through the
+/// recorder participant's metadata (`{"layout":"<name>"}`, livekit-server's UpdateLayout).
+pub async fn egress_base_url() -> Result<String, TemplatesError> {
+    Ok(format!("http://{}/{EGRESS_PAGE}", server_addr().await?))
+}
+
+/// The egress page's file name in `web/dist`.
+const EGRESS_PAGE: &str = "egress.html";
+
+/// This process's template server, started on first use.
+async fn server_addr() -> Result<SocketAddr, TemplatesError> {
     static SERVER: tokio::sync::OnceCell<SocketAddr> = tokio::sync::OnceCell::const_new();
     if !built() {
         return Err(TemplatesError::NotBuilt);
     }
-    let addr = SERVER
+    SERVER
         .get_or_try_init(|| async {
             let listener = TcpListener::bind(("127.0.0.1", 0))
                 .await
@@ -41,12 +61,13 @@ pub async fn base_url() -> Result<String, TemplatesError> {
             tracing::debug!(%addr, "serving the built-in templates");
             Ok::<_, TemplatesError>(addr)
         })
-        .await?;
-    Ok(format!("http://{addr}/#"))
+        .await
+        .copied()
 }
 
-/// Serves the templates on `listener`: the assets by file name under any path, `index.html`
-/// for every other path (the layouts route on the hash or the path).
+/// Serves the templates on `listener`: the files by name under any path (so `/egress.html?...`
+/// is the egress page and `/speaker-dark/app.js` an asset), `index.html` for every other path
+/// (the legacy layouts route on the hash or the path).
 pub async fn serve(listener: TcpListener) {
     let app =
         axum::Router::new().fallback(|uri: axum::http::Uri| async move { respond(uri.path()) });
@@ -98,13 +119,30 @@ mod tests {
             "web/dist was not built into this binary: run `make web`"
         );
         let names: Vec<&str> = files::FILES.iter().map(|(n, _)| *n).collect();
-        for want in ["index.html", "app.js", "app.css"] {
+        for want in ["index.html", "app.js", "app.css", EGRESS_PAGE, "egress.js"] {
             assert!(names.contains(&want), "{want} missing from {names:?}");
         }
     }
 
-    #[tokio::test]
-    async fn every_layout_path_gets_the_page_and_assets_resolve_anywhere() {
+    /// One runtime for every test that uses the process-wide server: a `#[tokio::test]` runtime
+    /// would take the server task down with it when its test ends, under the other tests' feet.
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        static RT: std::sync::LazyLock<tokio::runtime::Runtime> = std::sync::LazyLock::new(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap()
+        });
+        RT.block_on(f)
+    }
+
+    #[test]
+    fn every_layout_path_gets_the_page_and_assets_resolve_anywhere() {
+        block_on(every_layout_path());
+    }
+
+    async fn every_layout_path() {
         let base = base_url().await.unwrap();
         assert!(base.starts_with("http://127.0.0.1:") && base.ends_with("/#"));
         let root = base.trim_end_matches('#');
@@ -143,6 +181,64 @@ mod tests {
         }
         // One server per process.
         assert_eq!(base_url().await.unwrap(), base);
+    }
+
+    #[test]
+    fn the_egress_page_is_served_by_the_same_server() {
+        block_on(egress_page());
+    }
+
+    async fn egress_page() {
+        let file = |name: &str| files::FILES.iter().find(|(n, _)| *n == name).unwrap().1;
+        let egress = egress_base_url().await.unwrap();
+        let legacy = base_url().await.unwrap();
+        assert_eq!(
+            egress,
+            format!("{}{EGRESS_PAGE}", legacy.trim_end_matches('#')),
+            "one server for both forms"
+        );
+        assert!(egress.starts_with("http://127.0.0.1:") && egress.ends_with("/egress.html"));
+        let page = file(EGRESS_PAGE);
+        assert_ne!(page, file("index.html"));
+        // The address livekit egress builds: the base plus layout, token, url (keys sorted).
+        for (url, body, kind) in [
+            (
+                format!("{egress}?layout=speaker&token=eyJ.a.b&url=ws%3A%2F%2F127.0.0.1%3A7880"),
+                page,
+                "text/html",
+            ),
+            (
+                format!("{egress}?a=1&layout=grid-light&token=t&url=ws%3A%2F%2Fh"),
+                page,
+                "text/html",
+            ),
+            (egress.clone(), page, "text/html"),
+            (
+                egress.replace(EGRESS_PAGE, "egress.js"),
+                file("egress.js"),
+                "text/javascript",
+            ),
+            (
+                egress.replace(EGRESS_PAGE, "app.css"),
+                file("app.css"),
+                "text/css",
+            ),
+        ] {
+            let (head, got) = get(&url).await;
+            assert!(head.contains("200"), "{url}: {head}");
+            assert!(
+                head.to_ascii_lowercase()
+                    .contains(&format!("content-type: {kind}")),
+                "{url}: {head}"
+            );
+            assert_eq!(got, body, "{url}");
+        }
+        let html = String::from_utf8_lossy(page);
+        assert!(
+            html.contains("egress.js") && html.contains("app.css"),
+            "{html}"
+        );
+        assert_eq!(egress_base_url().await.unwrap(), egress);
     }
 
     async fn get(url: &str) -> (String, Vec<u8>) {

@@ -1,28 +1,15 @@
-// Entry point of the built-in templates. Loaded as a classic deferred script,
-// so the "missing params" / "unknown layout" errors are in the DOM before the
-// load event (the recorder checks `div.error` right after navigation).
+// Entry point of the legacy recorder page (index.html, `{base}/{layout}?url=&token=`,
+// livekit-client 1.1.7). Loaded as a classic deferred script, so the "missing
+// params" / "unknown layout" errors are in the DOM before the load event (the
+// recorder checks `div.error` right after navigation).
 
+import { MISSING_PARAMS, errorMessage, page } from './page';
 import { runRoom } from './room';
 import { parseRoute } from './route';
 
-export const MISSING_PARAMS = 'missing required params url and token';
-
 function main(): void {
-  const root = document.getElementById('app') ?? document.body.appendChild(document.createElement('div'));
+  const { root, showError, showNotice } = page();
   const route = parseRoute(window.location);
-
-  const showError = (message: string) => {
-    const div = document.createElement('div');
-    div.className = 'error';
-    div.textContent = message;
-    root.replaceChildren(div);
-  };
-  const showNotice = (message: string) => {
-    const div = document.createElement('div');
-    div.className = 'notice';
-    div.textContent = message;
-    root.replaceChildren(div);
-  };
 
   // The recorder opens one address per page; a changed hash means a new page.
   window.addEventListener('hashchange', () => window.location.reload());
@@ -52,7 +39,7 @@ function main(): void {
         token: route.token,
         showError,
         showNotice,
-      }).catch((e: unknown) => showError(`could not connect: ${e instanceof Error ? e.message : String(e)}`));
+      }).catch((e: unknown) => showError(`could not connect: ${errorMessage(e)}`));
       return;
     }
   }

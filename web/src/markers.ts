@@ -1,4 +1,6 @@
-// Pure state machine deciding when the page logs the recorder's console markers.
+// Pure state machines deciding when the pages log the recorder's console markers:
+// `RecordingMarkers` for the legacy recorder page (below), `EgressMarkers` for
+// the egress page (at the end of the file).
 //
 // The recorder (protocol.md §4.3) starts the pipeline on the console message
 // `START_RECORDING` and stops it on `END_RECORDING`. Rules (protocol.md §5):
@@ -103,6 +105,85 @@ export class RecordingMarkers {
   private end(): Marker {
     this.phase = 'ended';
     return this.emit(END_RECORDING);
+  }
+
+  private emit(m: Marker): Marker {
+    this.emitted.push(m);
+    return m;
+  }
+}
+
+// ---- egress page ---------------------------------------------------------
+//
+// The egress page (egress.html, egress/room.ts) follows livekit egress's own
+// default template instead (livekit/egress template-default/src/Room.tsx, since
+// "Avoid recording room composite before video is decoded", #806): every 100 ms
+// it looks at the remote publications and logs START_RECORDING once
+//   - a video track has decoded frames (inbound-rtp framesDecoded > 0), or
+//   - no video track is published, some track is subscribed, and more than
+//     500 ms have passed (audio only; gives video a chance to be published), or
+//   - more than 5 s have passed and some track is subscribed (video that does
+//     not decode in time is recorded anyway).
+// The clock starts when the page begins to connect. END_RECORDING is logged
+// when the room disconnects (template-sdk EgressHelper.setRoom:
+// RoomEvent.Disconnected -> endRecording), and only then: egress dropped the
+// template's "end when the last participant leaves" (#646, "lifecycle should be
+// controlled by server"); an empty room ends when the server closes it.
+
+export const EGRESS_POLL_MS = 100;
+export const EGRESS_NO_VIDEO_DELAY_MS = 500;
+export const EGRESS_FRAME_DECODE_TIMEOUT_MS = 5000;
+
+/** What the egress START rule looks at, sampled every EGRESS_POLL_MS. */
+export interface EgressMediaState {
+  /** Milliseconds since the page began connecting. */
+  elapsedMs: number;
+  /** Some remote participant publishes a video track (subscribed or not). */
+  hasVideoTracks: boolean;
+  /** Some remote track is subscribed. */
+  hasSubscribedTracks: boolean;
+  /** Some remote video track has decoded at least one frame. */
+  hasDecodedFrames: boolean;
+}
+
+/** egress's START rule (see above); pure. */
+export function egressShouldStart(s: EgressMediaState): boolean {
+  if (s.hasDecodedFrames) return true;
+  if (!s.hasVideoTracks && s.hasSubscribedTracks && s.elapsedMs > EGRESS_NO_VIDEO_DELAY_MS) return true;
+  return s.elapsedMs > EGRESS_FRAME_DECODE_TIMEOUT_MS && s.hasSubscribedTracks;
+}
+
+/** Markers of the egress page: START by egressShouldStart, END on disconnect; each once, no START after END. */
+export class EgressMarkers {
+  private readonly emitted: Marker[] = [];
+
+  /** Feeds one sample; returns START_RECORDING when it is due now, else null. */
+  poll(s: EgressMediaState): Marker | null {
+    if (!this.waiting || !egressShouldStart(s)) return null;
+    return this.emit(START_RECORDING);
+  }
+
+  /** The room disconnected for good: END_RECORDING (also before START, as egress does), once. */
+  disconnected(): Marker | null {
+    return this.ended ? null : this.emit(END_RECORDING);
+  }
+
+  /** Still waiting for START (the page keeps sampling while this is true). */
+  get waiting(): boolean {
+    return this.emitted.length === 0;
+  }
+
+  get started(): boolean {
+    return this.emitted.includes(START_RECORDING);
+  }
+
+  get ended(): boolean {
+    return this.emitted.includes(END_RECORDING);
+  }
+
+  /** Markers emitted so far, in order. */
+  get history(): readonly Marker[] {
+    return this.emitted;
   }
 
   private emit(m: Marker): Marker {

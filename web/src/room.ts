@@ -1,8 +1,10 @@
-// livekit-client glue and DOM rendering for the speaker and grid layouts.
+// livekit-client glue of the legacy recorder page (index.html: speaker and grid).
 // The decisions (who is shown where, when to log the markers) live in the pure
-// modules layout.ts and markers.ts; this file only feeds them and applies the result.
+// modules layout.ts and markers.ts, the DOM in stage.ts (shared with the egress
+// page); this file only feeds them.
 //
-// Written against livekit-client 1.1.7 (pinned in package.json, see README.md),
+// Written against livekit-client 1.1.7 (pinned in package.json as the npm alias
+// `livekit-client-legacy`, see README.md),
 // the SDK generation of livekit-server v0.15.2 - v1.1.0 (protocol 7/8). Its API
 // differs from 2.x: `room.participants` is keyed by participant *sid*,
 // publications are `participant.tracks` / `getTrack(source)`, there is no
@@ -19,10 +21,11 @@ import {
   RoomEvent,
   Track,
   setLogLevel,
-} from 'livekit-client';
-import { type ParticipantInfo, gridLayout, speakerLayout } from './layout';
+} from 'livekit-client-legacy';
 import { type MarkerEvent, RecordingMarkers } from './markers';
+import { errorMessage } from './page';
 import type { LayoutKind } from './route';
+import { type MediaTrack, type ParticipantView, Stage } from './stage';
 
 export interface RoomOptions {
   stage: HTMLElement;
@@ -34,27 +37,6 @@ export interface RoomOptions {
   showError: (message: string) => void;
   /** Replaces the page with a neutral notice (not an error). */
   showNotice: (message: string) => void;
-}
-
-type TileSource = 'camera' | 'screen';
-
-interface Tile {
-  el: HTMLDivElement;
-  video: HTMLVideoElement;
-  name: HTMLDivElement;
-  placeholder: HTMLDivElement;
-  track: RemoteTrack | null;
-}
-
-export function errorMessage(e: unknown): string {
-  const m = e instanceof Error ? e.message : typeof e === 'string' ? e : '';
-  return m && m.trim() !== '' ? m : 'unknown error';
-}
-
-function el<K extends keyof HTMLElementTagNameMap>(tag: K, cls: string): HTMLElementTagNameMap[K] {
-  const e = document.createElement(tag);
-  e.className = cls;
-  return e;
 }
 
 export async function runRoom(opts: RoomOptions): Promise<Room | null> {
@@ -73,9 +55,7 @@ export async function runRoom(opts: RoomOptions): Promise<Room | null> {
   const remoteCount = () => room.participants.size;
 
   // ---- rendering -------------------------------------------------------
-  const tiles = new Map<string, Tile>();
-  let order: string[] = [];
-  let previousMain: string | null = null;
+  const view = new Stage(stage, audio);
   let renderQueued = false;
   let closed = false;
 
@@ -84,109 +64,27 @@ export async function runRoom(opts: RoomOptions): Promise<Room | null> {
       (a, b) => (a.joinedAt?.getTime() ?? 0) - (b.joinedAt?.getTime() ?? 0),
     );
 
-  const livePublication = (p: RemoteParticipant, source: TileSource): RemoteTrackPublication | undefined => {
-    const pub = p.getTrack(source === 'screen' ? Track.Source.ScreenShare : Track.Source.Camera);
-    return pub && pub.isSubscribed && !pub.isMuted && pub.track ? pub : undefined;
+  const liveTrack = (p: RemoteParticipant, source: Track.Source): MediaTrack | null => {
+    const pub: RemoteTrackPublication | undefined = p.getTrack(source);
+    return pub && pub.isSubscribed && !pub.isMuted && pub.track ? pub.track : null;
   };
 
-  // room.participants is keyed by sid; active speakers may include the local participant.
-  const activeSpeakerIds = (): string[] => {
-    const remote = new Set([...room.participants.values()].map((p) => p.identity));
-    return room.activeSpeakers.filter((p: Participant) => remote.has(p.identity)).map((p) => p.identity);
-  };
-
-  const makeTile = (): Tile => {
-    const tile = el('div', 'tile');
-    const video = el('video', 'video');
-    video.autoplay = true;
-    video.muted = true; // audio is played through the separate <audio> elements
-    video.playsInline = true;
-    const placeholder = el('div', 'placeholder');
-    const name = el('div', 'name');
-    tile.append(video, placeholder, name);
-    return { el: tile, video, name, placeholder, track: null };
-  };
-
-  const dropTile = (key: string) => {
-    const t = tiles.get(key);
-    if (!t) return;
-    t.track?.detach(t.video);
-    t.el.remove();
-    tiles.delete(key);
-  };
-
-  const placeTile = (p: RemoteParticipant, source: TileSource, cls: string, index: number) => {
-    const key = `${source}:${p.identity}`;
-    let t = tiles.get(key);
-    if (!t) {
-      t = makeTile();
-      tiles.set(key, t);
-      stage.append(t.el);
-    }
-    const pub = livePublication(p, source);
-    const track = (pub?.track as RemoteTrack | undefined) ?? null;
-    if (t.track !== track) {
-      t.track?.detach(t.video);
-      t.track = track;
-      track?.attach(t.video);
-    }
-    const label = p.name || p.identity;
-    t.name.textContent = source === 'screen' ? `${label} (screen)` : label;
-    t.placeholder.textContent = (label.trim()[0] ?? '?').toUpperCase();
-    t.el.className = [
-      'tile',
-      cls,
-      source,
-      track ? 'has-video' : 'no-video',
-      source === 'camera' && p.isSpeaking ? 'speaking' : '',
-    ]
-      .filter(Boolean)
-      .join(' ');
-    t.el.style.order = String(index);
-    return key;
-  };
+  const toView = (p: RemoteParticipant): ParticipantView => ({
+    identity: p.identity,
+    // 1.x has no ParticipantNameChanged; names are re-read on every render.
+    name: p.name ?? '',
+    isSpeaking: p.isSpeaking,
+    camera: liveTrack(p, Track.Source.Camera),
+    screen: liveTrack(p, Track.Source.ScreenShare),
+  });
 
   const render = () => {
     renderQueued = false;
     if (closed) return;
-    const participants = participantsInJoinOrder();
-    const byId = new Map(participants.map((p) => [p.identity, p]));
-    const speakers = activeSpeakerIds();
-    const keep = new Set<string>();
-
-    if (layout === 'grid') {
-      const g = gridLayout(
-        order,
-        participants.map((p) => p.identity),
-        speakers,
-      );
-      order = g.order;
-      stage.className = g.gridClass ? `stage grid grid-${g.gridClass}` : 'stage grid';
-      g.visible.forEach((id, i) => {
-        const p = byId.get(id);
-        if (p) keep.add(placeTile(p, 'camera', 'cell', i));
-      });
-    } else {
-      const infos: ParticipantInfo[] = participants.map((p) => ({
-        identity: p.identity,
-        hasScreenShare: livePublication(p, 'screen') !== undefined,
-      }));
-      const s = speakerLayout(infos, order, speakers, previousMain);
-      order = s.order;
-      previousMain = s.main?.identity ?? null;
-      const withSidebar = s.main !== null && s.sidebar.length > 0;
-      stage.className = `stage speaker${withSidebar ? ' with-sidebar' : ''}`;
-      stage.style.setProperty('--side-rows', String(Math.max(4, s.sidebar.length)));
-      if (s.main) {
-        const p = byId.get(s.main.identity);
-        if (p) keep.add(placeTile(p, s.main.source, 'main', 0));
-      }
-      s.sidebar.forEach((id, i) => {
-        const p = byId.get(id);
-        if (p) keep.add(placeTile(p, 'camera', 'side', i + 1));
-      });
-    }
-    for (const key of [...tiles.keys()]) if (!keep.has(key)) dropTile(key);
+    // room.participants is keyed by sid; active speakers may include the local
+    // participant (the renderer ignores identities that are not remote).
+    const speakers = room.activeSpeakers.map((p: Participant) => p.identity);
+    view.render(layout, participantsInJoinOrder().map(toView), speakers);
   };
 
   const scheduleRender = () => {
@@ -196,29 +94,16 @@ export async function runRoom(opts: RoomOptions): Promise<Room | null> {
   };
 
   // ---- audio -----------------------------------------------------------
-  const audioEls = new Map<RemoteTrack, HTMLMediaElement>();
-  const attachAudio = (track: RemoteTrack) => {
-    if (audioEls.has(track)) return;
-    const a = track.attach();
-    a.autoplay = true;
-    audio.append(a);
-    audioEls.set(track, a);
-  };
-  const detachAudio = (track: RemoteTrack) => {
-    const a = audioEls.get(track);
-    if (!a) return;
-    track.detach(a);
-    a.remove();
-    audioEls.delete(track);
-  };
+  const attachAudio = (track: RemoteTrack) => view.attachAudio(track);
+  const detachAudio = (track: RemoteTrack) => view.detachAudio(track);
 
   /** Drops audio elements of tracks no remote participant still has. */
   const pruneAudio = () => {
-    const live = new Set<RemoteTrack>();
+    const live = new Set<MediaTrack>();
     for (const p of room.participants.values()) {
       for (const pub of p.tracks.values()) if (pub.track) live.add(pub.track);
     }
-    for (const track of [...audioEls.keys()]) if (!live.has(track)) detachAudio(track);
+    view.pruneAudio(live);
   };
 
   // livekit-client 1.1.x keeps an internal promise (`connectFuture`) while
@@ -289,8 +174,7 @@ export async function runRoom(opts: RoomOptions): Promise<Room | null> {
       const wasRecording = markers.state === 'recording';
       feed({ type: 'disconnected' });
       closed = true;
-      for (const key of [...tiles.keys()]) dropTile(key);
-      for (const track of [...audioEls.keys()]) detachAudio(track);
+      view.clear();
       const why = reconnecting ? 'connection lost, reconnect failed' : 'left by the server';
       reconnecting = false;
       if (wasRecording || markers.ended) opts.showNotice('room closed');

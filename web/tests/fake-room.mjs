@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // Drives the real page code (src/main.ts + src/room.ts) in Chromium against a
 // fake livekit-client 1.1.x (tests/fixtures/fake-livekit.mjs): checks the
-// console markers and the rendered layouts without a LiveKit server.
+// console markers and the rendered layouts without a LiveKit server. Then runs
+// the egress page's scenarios (tests/fake-egress.mjs, fake livekit-client 2.x).
 //
 //   npm run test:browser            (SCREENSHOTS=dir to also save screenshots)
 //
@@ -13,6 +14,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
 import { check, finish, launchChromium } from './browser.mjs';
+import { egressScenarios } from './fake-egress.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const web = join(here, '..');
@@ -27,7 +29,7 @@ async function bundle() {
     bundle: true,
     format: 'iife',
     target: ['chrome100'],
-    alias: { 'livekit-client': join(here, 'fixtures/fake-livekit.mjs') },
+    alias: { 'livekit-client-legacy': join(here, 'fixtures/fake-livekit.mjs') },
     logLevel: 'warning',
   });
   await build({ entryPoints: [join(web, 'src/styles.css')], outfile: join(out, 'app.css'), bundle: true, logLevel: 'warning' });
@@ -246,6 +248,7 @@ async function main() {
     await gridScenario(browser, files);
     await speakerScenario(browser, files);
     await closedBeforeStart(browser, files);
+    await egressScenarios(browser);
   } catch (e) {
     check('scenario ran to completion', false, e.stack);
   } finally {

@@ -1,13 +1,17 @@
 #!/usr/bin/env node
-// Browser smoke test for the built-in templates.
+// Browser smoke test for the built-in templates: the legacy recorder page
+// (`{base}/#/{layout}?url=&token=`, index.html) and the egress page
+// (`{base}/egress.html?layout=&token=&url=`, as livekit egress builds it).
 //
 //   npm run smoke                      # serves ./dist itself on a free loopback port
 //   npm run smoke -- http://127.0.0.1:8080/#     # tests an already running server
 //   SMOKE_BASE_URL=http://127.0.0.1:8080 npm run smoke
+//   npm run smoke -- http://127.0.0.1:8080/# http://127.0.0.1:8080/egress.html   # egress base too
 //
 // Env: CHROMIUM_PATH (default /usr/lib/chromium/chromium, else /usr/bin/chromium),
 //      SMOKE_DIST (directory to serve when no base URL is given; default ./dist),
-//      SMOKE_SKIP_PATH=1 (skip the path-routing checks, for servers without index.html fallback).
+//      SMOKE_SKIP_PATH=1 (skip the path-routing checks, for servers without index.html fallback),
+//      SMOKE_EGRESS_BASE_URL (egress page base; default {root}/egress.html).
 // Prints PASS/FAIL per check, then "N passed, N failed"; exits 1 on any failure.
 
 import { existsSync } from 'node:fs';
@@ -165,6 +169,96 @@ async function checkHome(browser, name, url) {
   });
 }
 
+// ---- egress page ----
+
+/** What livekit egress does to a base: add layout, token, url to its query (keys sorted). */
+function egressAddress(base, params) {
+  const u = new URL(base);
+  for (const [k, v] of Object.entries(params)) u.searchParams.set(k, v);
+  u.searchParams.sort();
+  return u.toString();
+}
+
+async function checkEgressMissing(browser, name, url) {
+  await withPage(browser, async (page, lines, errors) => {
+    try {
+      await page.goto(url, { waitUntil: 'load', timeout: 15_000 });
+      const text = await errorTextNow(page);
+      const problems = [];
+      if (text !== MISSING) problems.push(`div.error at load = ${JSON.stringify(text)}`);
+      if (markersIn(lines).length) problems.push(`logged ${markersIn(lines).join(',')}`);
+      if (errors.length) problems.push(`page errors: ${errors.join('; ')}`);
+      report(problems.length === 0, name, problems.join('; ') || JSON.stringify(text));
+    } catch (e) {
+      report(false, name, e.message);
+    }
+  });
+}
+
+/**
+ * The egress page with a closed ws port: renders its layout, fails to connect
+ * with a div.error, logs no marker, and asks for nothing but its own files and
+ * the ws url's host.
+ */
+async function checkEgressConnectError(browser, name, url, want) {
+  await withPage(browser, async (page, lines, errors) => {
+    const foreign = [];
+    const allowed = new Set([new URL(url).host, new URL(CLOSED_WS).host]);
+    page.on('request', (r) => {
+      const u = new URL(r.url());
+      if (!['data:', 'blob:'].includes(u.protocol) && !allowed.has(u.host)) foreign.push(r.url());
+    });
+    try {
+      const t0 = Date.now();
+      await page.goto(url, { waitUntil: 'load', timeout: 15_000 });
+      const body = await page.evaluate(() => document.body.className);
+      const loc = page.locator('div.error');
+      await loc.waitFor({ state: 'attached', timeout: CONNECT_ERROR_TIMEOUT_MS });
+      const text = (await loc.innerText()).trim();
+      const ms = Date.now() - t0;
+      const problems = [];
+      if (!text.startsWith('could not connect')) problems.push(`div.error = ${JSON.stringify(text)}`);
+      if (body !== want.body) problems.push(`body class ${JSON.stringify(body)}, want ${JSON.stringify(want.body)}`);
+      if (want.console && !lines.some((l) => l.includes(want.console))) {
+        problems.push(`console lacks ${JSON.stringify(want.console)}: ${JSON.stringify(lines)}`);
+      }
+      if (markersIn(lines).length) problems.push(`logged ${markersIn(lines).join(',')}`);
+      if (errors.length) problems.push(`page errors: ${errors.join('; ')}`);
+      if (foreign.length) problems.push(`requests beyond the page and ws hosts: ${foreign.join(' ')}`);
+      report(problems.length === 0, name, problems.join('; ') || `${JSON.stringify(text)} after ${ms} ms`);
+    } catch (e) {
+      report(false, name, e.message.split('\n')[0]);
+    }
+  });
+}
+
+async function egressChecks(browser, egressBase) {
+  const q = { token: DUMMY_TOKEN, url: CLOSED_WS };
+  await checkEgressMissing(browser, 'egress: missing params', egressAddress(egressBase, { layout: 'speaker' }));
+  await checkEgressMissing(browser, 'egress: only url', egressAddress(egressBase, { layout: 'grid', url: CLOSED_WS }));
+  for (const [layout, body] of [
+    ['grid', 'theme-dark layout-grid'],
+    ['speaker-light', 'theme-light layout-speaker'],
+    ['single-speaker-dark', 'theme-dark layout-single-speaker'],
+  ]) {
+    await checkEgressConnectError(browser, `egress ${layout}: connect error`, egressAddress(egressBase, { layout, ...q }), {
+      body,
+    });
+  }
+  await checkEgressConnectError(
+    browser,
+    'egress: unknown layout falls back to grid',
+    egressAddress(egressBase, { layout: 'fancy-light', ...q }),
+    { body: 'theme-light layout-grid', console: 'unknown layout "fancy-light"' },
+  );
+  await checkEgressConnectError(
+    browser,
+    'egress: base with its own query',
+    egressAddress(`${egressBase}?a=1&zz=2`, { layout: 'speaker', ...q }),
+    { body: 'theme-dark layout-speaker' },
+  );
+}
+
 // ---- main ----
 
 function rootOf(base) {
@@ -173,7 +267,7 @@ function rootOf(base) {
 }
 
 async function main() {
-  const arg = process.argv.slice(2).find((a) => !a.startsWith('-'));
+  const [arg, egressArg] = process.argv.slice(2).filter((a) => !a.startsWith('-'));
   let base = arg ?? process.env.SMOKE_BASE_URL ?? '';
   let server = null;
   if (!base) {
@@ -198,6 +292,7 @@ async function main() {
     }
     await checkUnknownLayout(browser, 'unknown layout (hash)', `${root}/#/<fancy>${q}`, '<fancy>');
     await checkHome(browser, 'home page (/)', `${root}/`);
+    await egressChecks(browser, egressArg ?? process.env.SMOKE_EGRESS_BASE_URL ?? `${root}/egress.html`);
   } finally {
     await browser.close();
     server?.close();
