@@ -1,5 +1,6 @@
 //! Compiles `proto/` with protox (no protoc needed) into prost types with pbjson serde impls, so
-//! request JSON is read exactly as protojson reads it.
+//! request JSON is read exactly as protojson reads it; and, separately, the psrpc envelope and
+//! egress `rpc` messages (plain prost, `livekit.*` types from the livekit-protocol crate).
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -28,7 +29,38 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .register_descriptors(&bytes)?
         .build(&[".livekit"])?;
 
+    compile_psrpc(&out)?;
     embed_templates(&out)?;
+    Ok(())
+}
+
+/// The psrpc envelope (`package internal`) and the egress worker's `package rpc` messages, into
+/// `OUT_DIR/psrpc/`. A run of its own: these are plain prost types (no serde), and their
+/// `livekit.*` fields are the livekit-protocol crate's types, not our legacy `package livekit`.
+/// `livekit_egress_stub.proto` only names those types for protox; nothing is generated from it.
+fn compile_psrpc(out: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    let protos = [
+        "proto/psrpc_internal.proto",
+        "proto/rpc_egress.proto",
+        "proto/livekit_egress_stub.proto",
+    ];
+    for p in &protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    let dir = out.join("psrpc");
+    std::fs::create_dir_all(&dir)?;
+    let descriptor_path = dir.join("psrpc_descriptor.bin");
+    let fds = protox::compile(&protos[..2], ["proto"])?;
+    std::fs::write(&descriptor_path, prost::Message::encode_to_vec(&fds))?;
+
+    prost_build::Config::new()
+        .out_dir(&dir)
+        .file_descriptor_set_path(&descriptor_path)
+        .skip_protoc_run()
+        .compile_well_known_types()
+        .extern_path(".google.protobuf", "::pbjson_types")
+        .extern_path(".livekit", "::livekit_protocol")
+        .compile_protos(&protos[..2], &["proto"])?;
     Ok(())
 }
 
