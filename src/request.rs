@@ -39,6 +39,10 @@ pub enum RequestError {
 pub enum Input {
     /// Any address Chromium can open; recording starts at once.
     Url(String),
+    /// A page whose address the front-end has built (egress: a room composite page, or a web
+    /// page). With `markers`, recording spans START_RECORDING..END_RECORDING and the page's
+    /// `div.error` is watched, as for a template.
+    Page { url: String, markers: bool },
     /// A LiveKit room through a layout page; recording spans START_RECORDING..END_RECORDING.
     Template {
         layout: String,
@@ -49,19 +53,42 @@ pub enum Input {
     },
 }
 
-/// Where the recording goes.
+/// An MP4 file output.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Output {
-    /// An MP4 file.
-    File {
-        /// Where the recorder writes it.
-        local_path: PathBuf,
-        /// The object key / blob name for an upload: the request's `filepath` as given.
-        /// `None` when the file stays local.
-        upload_key: Option<String>,
-    },
-    /// FLV streamed to each URL.
-    Rtmp { urls: Vec<String> },
+pub struct FileOutput {
+    /// Where the recorder writes it.
+    pub local_path: PathBuf,
+    /// The object key / blob name for an upload. `None` when the file stays local.
+    pub upload_key: Option<String>,
+}
+
+/// Where the recording goes: an MP4 file, FLV streamed to RTMP URLs, or both at once.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Outputs {
+    pub file: Option<FileOutput>,
+    /// `Some` when the recording streams (URLs can be added while it runs), even if empty.
+    pub rtmp: Option<Vec<String>>,
+}
+
+impl Outputs {
+    /// A file output only.
+    pub fn file(local_path: PathBuf, upload_key: Option<String>) -> Self {
+        Self {
+            file: Some(FileOutput {
+                local_path,
+                upload_key,
+            }),
+            rtmp: None,
+        }
+    }
+
+    /// RTMP outputs only.
+    pub fn rtmp(urls: Vec<String>) -> Self {
+        Self {
+            file: None,
+            rtmp: Some(urls),
+        }
+    }
 }
 
 /// A validated recording: everything a session needs to know about what to record.
@@ -70,8 +97,10 @@ pub struct RecordingSpec {
     /// The recording id (`RR_...` from livekit-server, `standalone` in standalone mode).
     pub id: String,
     pub input: Input,
-    pub output: Output,
+    pub output: Outputs,
     pub options: Options,
+    /// The recording ends by itself (cleanly, "limit reached") after this long.
+    pub max_duration: Option<std::time::Duration>,
 }
 
 impl RecordingSpec {
@@ -79,7 +108,7 @@ impl RecordingSpec {
     pub fn room_name(&self) -> &str {
         match &self.input {
             Input::Template { room_name, .. } => room_name,
-            Input::Url(_) => "",
+            Input::Url(_) | Input::Page { .. } => "",
         }
     }
 }
@@ -152,9 +181,7 @@ pub fn validate(
             if rtmp.urls.iter().any(|u| !u.contains("://")) {
                 return Err(RequestError::InvalidRtmpUrl);
             }
-            Output::Rtmp {
-                urls: rtmp.urls.clone(),
-            }
+            Outputs::rtmp(rtmp.urls.clone())
         }
         Some(start_recording_request::Output::Filepath(filepath)) => {
             file_output(id, filepath, config)?
@@ -167,10 +194,11 @@ pub fn validate(
         input,
         output,
         options,
+        max_duration: config.max_duration(),
     })
 }
 
-fn file_output(id: &str, filepath: &str, config: &Config) -> Result<Output, RequestError> {
+fn file_output(id: &str, filepath: &str, config: &Config) -> Result<Outputs, RequestError> {
     let name = Path::new(filepath)
         .file_name()
         .and_then(|n| n.to_str())
@@ -183,10 +211,7 @@ fn file_output(id: &str, filepath: &str, config: &Config) -> Result<Output, Requ
         if let Some(dir) = local_path.parent().filter(|d| !d.as_os_str().is_empty()) {
             create_dir(dir)?;
         }
-        return Ok(Output::File {
-            local_path,
-            upload_key: None,
-        });
+        return Ok(Outputs::file(local_path, None));
     }
     // Files bound for an upload get a name of their own in the work directory: two recordings
     // with the same basename never collide.
@@ -207,10 +232,10 @@ fn file_output(id: &str, filepath: &str, config: &Config) -> Result<Output, Requ
         std::process::id(),
         crate::util::random_token(8)
     );
-    Ok(Output::File {
-        local_path: dir.join(format!("{unique}-{name}")),
-        upload_key: Some(filepath.to_owned()),
-    })
+    Ok(Outputs::file(
+        dir.join(format!("{unique}-{name}")),
+        Some(filepath.to_owned()),
+    ))
 }
 
 fn create_dir(dir: &Path) -> Result<(), RequestError> {
@@ -278,13 +303,7 @@ mod tests {
         );
         let spec = check(&json, &config("")).unwrap();
         assert_eq!(spec.input, Input::Url("http://127.0.0.1/".into()));
-        assert_eq!(
-            spec.output,
-            Output::File {
-                local_path: path.clone(),
-                upload_key: None
-            }
-        );
+        assert_eq!(spec.output, Outputs::file(path.clone(), None));
         assert_eq!(spec.options, Options::from_preset(RecordingPreset::Hd30));
         assert_eq!(spec.room_name(), "");
         use std::os::unix::fs::PermissionsExt;
@@ -371,12 +390,7 @@ mod tests {
             }
         );
         assert_eq!(spec.room_name(), "r");
-        assert_eq!(
-            spec.output,
-            Output::Rtmp {
-                urls: vec!["rtmp://a/b".into()]
-            }
-        );
+        assert_eq!(spec.output, Outputs::rtmp(vec!["rtmp://a/b".into()]));
         let spec = check(
             r#"{"template": {"layout": "l", "room_name": "r", "base_url": "http://mine"}, "rtmp": {"urls": ["rtmp://a/b"]}}"#,
             &cfg,
@@ -398,12 +412,12 @@ mod tests {
         let a = check(json, &cfg).unwrap();
         let b = check(json, &cfg).unwrap();
         let (
-            Output::File {
+            Some(FileOutput {
                 local_path: pa,
                 upload_key: ka,
-            },
-            Output::File { local_path: pb, .. },
-        ) = (&a.output, &b.output)
+            }),
+            Some(FileOutput { local_path: pb, .. }),
+        ) = (&a.output.file, &b.output.file)
         else {
             panic!("file outputs expected");
         };

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::proto::livekit::StartRecordingRequest;
 use crate::request;
-use crate::session::SessionHandle;
+use crate::session::{SessionContext, SessionHandle};
 use crate::signals::StopSignals;
 use crate::upload::Uploader;
 
@@ -67,7 +67,15 @@ pub async fn run(
         Err(e) => return Outcome::failed(e.to_string()),
     };
     let force = root.child_token();
-    let session = SessionHandle::spawn(spec, config, uploader, force.clone());
+    let mut session = SessionHandle::spawn(
+        spec,
+        SessionContext {
+            config,
+            uploader,
+            force: force.clone(),
+            events: None,
+        },
+    );
     let stopper = session.commands();
     let signals = tokio::spawn(async move {
         let mut count = 0;
@@ -89,24 +97,20 @@ pub async fn run(
     });
     let result = session.wait().await;
     signals.abort();
+    let info = crate::service::recording_info(&result);
     Outcome {
-        id: result.info.id,
-        error: result.info.error,
-        filepath: result.local_file,
-        download_url: result
-            .info
+        id: info.id,
+        error: info.error,
+        filepath: result.file.as_ref().and_then(|f| f.local_path.clone()),
+        download_url: info
             .file
             .as_ref()
             .map(|f| f.download_url.clone())
             .unwrap_or_default(),
-        duration: result.info.file.map(|f| f.duration).unwrap_or_else(|| {
-            result
-                .info
-                .rtmp
-                .first()
-                .map(|r| r.duration)
-                .unwrap_or_default()
-        }),
-        rtmp: result.info.rtmp.into_iter().map(|r| r.stream_url).collect(),
+        duration: info
+            .file
+            .map(|f| f.duration)
+            .unwrap_or_else(|| info.rtmp.first().map(|r| r.duration).unwrap_or_default()),
+        rtmp: info.rtmp.into_iter().map(|r| r.stream_url).collect(),
     }
 }

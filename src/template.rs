@@ -28,15 +28,19 @@ pub fn page_url(base: &str, layout: &str, ws_url: &str, token: &str) -> String {
     format!("{base}/{layout}?url={url}&token={token}")
 }
 
-/// A token for a hidden, subscribe-only recorder participant of `room`, signed with the API
-/// secret, with a random `RR_` identity.
-pub fn token(api_key: &str, api_secret: &str, room: &str) -> Result<String, TemplateError> {
+/// A token for a hidden, subscribe-only recorder participant `identity` of `room`, signed with
+/// the API secret (the legacy protocol uses a random `RR_` identity, egress the egress id).
+pub fn token(
+    api_key: &str,
+    api_secret: &str,
+    room: &str,
+    identity: &str,
+) -> Result<String, TemplateError> {
     if api_key.is_empty() || api_secret.is_empty() {
         return Err(TemplateError::MissingApiKey);
     }
-    let identity = crate::util::new_guid("RR_");
     AccessToken::with_api_key(api_key, api_secret)
-        .with_identity(&identity)
+        .with_identity(identity)
         .with_ttl(TOKEN_TTL)
         .with_grants(VideoGrants {
             room_join: true,
@@ -71,7 +75,7 @@ mod tests {
 
     #[test]
     fn the_token_carries_exactly_the_recorder_grants() {
-        let jwt = token("key", "secret-secret-secret-secret", "my-room").unwrap();
+        let jwt = token("key", "secret-secret-secret-secret", "my-room", "EG_abc").unwrap();
         let claims = livekit_api::access_token::TokenVerifier::with_api_key(
             "key",
             "secret-secret-secret-secret",
@@ -79,11 +83,7 @@ mod tests {
         .verify(&jwt)
         .expect("signed with the api secret");
         assert_eq!(claims.iss, "key");
-        assert!(
-            claims.sub.starts_with("RR_") && claims.sub.len() == 15,
-            "{}",
-            claims.sub
-        );
+        assert_eq!(claims.sub, "EG_abc", "the identity asked for");
         let v = &claims.video;
         assert!(v.room_join && v.hidden && v.recorder);
         assert_eq!(v.room, "my-room");
@@ -103,19 +103,18 @@ mod tests {
         )
         .verify(&jwt)
         .is_err());
-        // A fresh identity per token.
-        let other = token("key", "secret-secret-secret-secret", "my-room").unwrap();
+        let other = token("key", "secret-secret-secret-secret", "my-room", "RR_x").unwrap();
         assert_ne!(jwt, other);
     }
 
     #[test]
     fn missing_keys_fail_with_the_spec_message() {
         assert_eq!(
-            token("", "s", "r").unwrap_err().to_string(),
+            token("", "s", "r", "i").unwrap_err().to_string(),
             "missing API key or secret key"
         );
         assert_eq!(
-            token("k", "", "r").unwrap_err().to_string(),
+            token("k", "", "r", "i").unwrap_err().to_string(),
             "missing API key or secret key"
         );
     }

@@ -26,6 +26,18 @@ pub fn now_millis() -> i64 {
         .unwrap_or(0)
 }
 
+/// `s` cut to at most `max` bytes on a character boundary, with `…` when cut.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -37,5 +49,13 @@ mod tests {
         assert!(id.starts_with("RR_"));
         assert!(id[3..].bytes().all(|b| BASE57.contains(&b)));
         assert_ne!(new_guid("RR_"), new_guid("RR_"));
+    }
+
+    #[test]
+    fn truncation_keeps_characters_whole() {
+        assert_eq!(truncate("short", 10), "short");
+        let long = "é".repeat(1000);
+        let t = truncate(&long, 1024);
+        assert!(t.len() <= 1024 && t.ends_with('…'), "{}", t.len());
     }
 }

@@ -106,11 +106,12 @@ fn guard_against_x_io_errors() {
     }
 }
 
-/// Where the encoded recording goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Sink {
-    File(PathBuf),
-    Rtmp(Vec<String>),
+/// Where the encoded recording goes: an MP4 file, FLV to RTMP URLs, or both.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Sinks {
+    pub file: Option<PathBuf>,
+    /// `Some` (even empty) when the recording streams: URLs can be added while it runs.
+    pub rtmp: Option<Vec<String>>,
 }
 
 /// What to capture and how to encode it.
@@ -120,7 +121,7 @@ pub struct PipelineSpec {
     pub pulse_server: String,
     pub pulse_device: String,
     pub options: Options,
-    pub sink: Sink,
+    pub sinks: Sinks,
 }
 
 /// What the pipeline reports while it runs.
@@ -140,7 +141,8 @@ pub enum PipelineEvent {
 pub struct Pipeline {
     /// Released on a thread of its own (see [`Self::dispose`]); taken only in drop.
     pipeline: std::mem::ManuallyDrop<gst::Pipeline>,
-    mux: gst::Element,
+    /// The muxers (MP4 and/or FLV), where EOS is pushed when a branch is stuck.
+    muxes: Vec<gst::Element>,
     events: mpsc::UnboundedReceiver<PipelineEvent>,
     outputs: Option<Arc<rtmp::Outputs>>,
     /// Events that arrived while waiting for something else, handed out first.
@@ -241,42 +243,48 @@ impl Pipeline {
         gst::Element::link_many(video)?;
         gst::Element::link_many(audio)?;
 
+        // Each muxer with its request pad templates for video and audio.
+        let mut muxes: Vec<(gst::Element, &str, &str)> = Vec::new();
+        if let Some(path) = &spec.sinks.file {
+            let mux = make("mp4mux", "mux")?;
+            // Fragmented while recording: a killed recorder leaves a playable file.
+            mux.set_property("fragment-duration", FRAGMENT_MS);
+            let sink = make("filesink", "file_sink")?;
+            sink.set_property(
+                "location",
+                path.to_str().ok_or_else(|| {
+                    PipelineError::Build(format!("output path {} is not UTF-8", path.display()))
+                })?,
+            );
+            sink.set_property("sync", false);
+            sink.set_property("async", false);
+            pipeline.add_many([&mux, &sink])?;
+            mux.link(&sink)?;
+            muxes.push((mux, "video_%u", "audio_%u"));
+        }
         let mut outputs = None;
-        let (mux, video_pad, audio_pad) = match &spec.sink {
-            Sink::File(path) => {
-                let mux = make("mp4mux", "mux")?;
-                // Fragmented while recording: a killed recorder leaves a playable file.
-                mux.set_property("fragment-duration", FRAGMENT_MS);
-                let sink = make("filesink", "file_sink")?;
-                sink.set_property(
-                    "location",
-                    path.to_str().ok_or_else(|| {
-                        PipelineError::Build(format!("output path {} is not UTF-8", path.display()))
-                    })?,
-                );
-                sink.set_property("sync", false);
-                sink.set_property("async", false);
-                pipeline.add_many([&mux, &sink])?;
-                mux.link(&sink)?;
-                (mux, "video_%u", "audio_%u")
+        if let Some(urls) = &spec.sinks.rtmp {
+            let mux = make("flvmux", "flv_mux")?;
+            mux.set_property("streamable", true);
+            let tee = make("tee", "tee")?;
+            tee.set_property("allow-not-linked", true);
+            pipeline.add_many([&mux, &tee])?;
+            mux.link(&tee)?;
+            let branches = rtmp::Outputs::new(&pipeline, &tee);
+            for url in urls {
+                branches.add(url)?;
             }
-            Sink::Rtmp(urls) => {
-                let mux = make("flvmux", "mux")?;
-                mux.set_property("streamable", true);
-                let tee = make("tee", "tee")?;
-                tee.set_property("allow-not-linked", true);
-                pipeline.add_many([&mux, &tee])?;
-                mux.link(&tee)?;
-                let branches = rtmp::Outputs::new(&pipeline, &tee);
-                for url in urls {
-                    branches.add(url)?;
-                }
-                outputs = Some(Arc::new(branches));
-                (mux, "video", "audio")
-            }
-        };
-        link_to_mux(&vqueue, &mux, video_pad)?;
-        link_to_mux(&aqueue, &mux, audio_pad)?;
+            outputs = Some(Arc::new(branches));
+            muxes.push((mux, "video", "audio"));
+        }
+        if muxes.is_empty() {
+            return Err(PipelineError::Build("no output".into()));
+        }
+        let video_to: Vec<_> = muxes.iter().map(|(m, v, _)| (m, *v)).collect();
+        let audio_to: Vec<_> = muxes.iter().map(|(m, _, a)| (m, *a)).collect();
+        feed_muxes(&pipeline, &vqueue, &video_to, "video")?;
+        feed_muxes(&pipeline, &aqueue, &audio_to, "audio")?;
+        let mux_elements: Vec<gst::Element> = muxes.into_iter().map(|(m, _, _)| m).collect();
 
         // Messages are read in the posting thread: an RTMP branch's error must be acted on
         // before it reaches the tee (see rtmp.rs); everything goes on to the session's channel.
@@ -292,7 +300,7 @@ impl Pipeline {
         });
         Ok(Self {
             pipeline: std::mem::ManuallyDrop::new(pipeline),
-            mux,
+            muxes: mux_elements,
             events,
             outputs,
             deferred: std::collections::VecDeque::new(),
@@ -358,9 +366,9 @@ impl Pipeline {
                 tracing::warn!(error = %e, "pipeline error while finishing; pushing EOS into the muxer")
             }
         }
-        let mux = self.mux.clone();
+        let muxes = self.muxes.clone();
         drop(tokio::task::spawn_blocking(move || {
-            for pad in mux.sink_pads() {
+            for pad in muxes.iter().flat_map(|m| m.sink_pads()) {
                 pad.send_event(gst::event::Eos::new());
             }
         }));
@@ -379,6 +387,11 @@ impl Pipeline {
                 "cannot add rtmp output to file recording".into(),
             )),
         }
+    }
+
+    /// Whether the recording streams (RTMP URLs can be added and removed).
+    pub fn streams(&self) -> bool {
+        self.outputs.is_some()
     }
 
     /// Stops streaming to an RTMP URL.
@@ -536,6 +549,29 @@ pub(crate) fn queue(name: &str, max_time: u64) -> Result<gst::Element, PipelineE
         q.set_property("max-size-bytes", 0u32);
     }
     Ok(q)
+}
+
+/// Links `from` to each muxer: directly when there is one, through a tee and a queue per muxer
+/// when the encoded stream goes to a file and to RTMP at once.
+fn feed_muxes(
+    pipeline: &gst::Pipeline,
+    from: &gst::Element,
+    muxes: &[(&gst::Element, &str)],
+    kind: &str,
+) -> Result<(), PipelineError> {
+    if let [(mux, template)] = muxes {
+        return link_to_mux(from, mux, template);
+    }
+    let tee = make("tee", &format!("{kind}_tee"))?;
+    pipeline.add(&tee)?;
+    from.link(&tee)?;
+    for (i, (mux, template)) in muxes.iter().enumerate() {
+        let q = queue(&format!("{kind}_branch_queue_{i}"), QUEUE_TIME)?;
+        pipeline.add(&q)?;
+        tee.link(&q)?;
+        link_to_mux(&q, mux, template)?;
+    }
+    Ok(())
 }
 
 fn link_to_mux(

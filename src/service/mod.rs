@@ -14,15 +14,15 @@ use std::time::Duration;
 
 use prost::Message as _;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::proto::livekit::{
-    recording_request, RecordingInfo, RecordingRequest, RecordingReservation, RecordingResponse,
+    recording_request, FileResult, RecordingInfo, RecordingRequest, RecordingReservation,
+    RecordingResponse, RtmpResult,
 };
-use crate::session::{Command, SessionHandle, SessionResult};
+use crate::session::{Command, OutputError, SessionContext, SessionHandle, SessionResult};
 use crate::signals::{StopSignal, StopSignals};
 use crate::upload::Uploader;
 use bus::{Bus, BusError, Event, RESERVATION_CHANNEL, RESULT_CHANNEL};
@@ -83,13 +83,19 @@ pub struct Shutdown {
     pub force: CancellationToken,
 }
 
-/// Runs the service until a signal ends it; the exit code for the process.
-pub async fn run_with_signals(
-    config: Arc<Config>,
-    uploader: Option<Arc<Uploader>>,
+/// Runs a front-end (`serve`: the legacy service or the egress worker) with the health port
+/// and the stop signals until it returns; the exit code for the process.
+pub async fn run_with_signals<F, Fut, E>(
+    health_port: u16,
     signals: StopSignals,
     root: CancellationToken,
-) -> ExitCode {
+    serve: F,
+) -> ExitCode
+where
+    F: FnOnce(Shutdown, watch::Sender<Status>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     let shutdown = Shutdown {
         drain: CancellationToken::new(),
         stop_now: CancellationToken::new(),
@@ -98,8 +104,8 @@ pub async fn run_with_signals(
     let signals = tokio::spawn(watch_signals(signals, shutdown.clone()));
     let (status_tx, status_rx) = watch::channel(Status::Starting);
     let health_stop = CancellationToken::new();
-    let health = if config.health_port != 0 {
-        match crate::health::bind(config.health_port).await {
+    let health = if health_port != 0 {
+        match crate::health::bind(health_port).await {
             Ok(listener) => Some(tokio::spawn(crate::health::serve(
                 listener,
                 status_rx,
@@ -109,7 +115,7 @@ pub async fn run_with_signals(
                 eprintln!(
                     "livekit-recorder: {}",
                     ServiceError::Health {
-                        port: config.health_port,
+                        port: health_port,
                         source
                     }
                 );
@@ -119,7 +125,7 @@ pub async fn run_with_signals(
     } else {
         None
     };
-    let result = run(config, uploader, shutdown, status_tx).await;
+    let result = serve(shutdown, status_tx).await;
     signals.abort();
     health_stop.cancel();
     if let Some(h) = health {
@@ -131,6 +137,34 @@ pub async fn run_with_signals(
             eprintln!("livekit-recorder: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// The result as livekit-server v0.15-v1.1 expects it: whole seconds, `download_url` only for
+/// an uploaded file, one entry per RTMP URL.
+pub fn recording_info(r: &SessionResult) -> RecordingInfo {
+    let secs = |d: std::time::Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+    RecordingInfo {
+        id: r.id.clone(),
+        room_name: r.room_name.clone(),
+        error: r.error.clone().unwrap_or_default(),
+        file: r.file.as_ref().map(|f| FileResult {
+            download_url: if f.local_path.is_none() {
+                f.location.clone()
+            } else {
+                String::new()
+            },
+            duration: secs(f.duration),
+        }),
+        rtmp: r
+            .streams
+            .iter()
+            .map(|s| RtmpResult {
+                stream_url: s.url.clone(),
+                duration: secs(s.ended_at.duration_since(s.started_at).unwrap_or_default()),
+            })
+            .collect(),
+        ..Default::default()
     }
 }
 
@@ -164,7 +198,7 @@ enum Job {
     Recording {
         id: String,
         commands: mpsc::Sender<Command>,
-        task: JoinHandle<SessionResult>,
+        session: SessionHandle,
     },
 }
 
@@ -283,17 +317,7 @@ enum JobEvent {
 /// Resolves when the current job needs attention.
 async fn job_event(job: &mut Option<Job>) -> JobEvent {
     match job {
-        Some(Job::Recording { task, id, .. }) => JobEvent::Ended(Box::new(match task.await {
-            Ok(r) => r,
-            Err(e) => SessionResult {
-                info: RecordingInfo {
-                    id: id.clone(),
-                    error: format!("recording task failed: {e}"),
-                    ..Default::default()
-                },
-                local_file: None,
-            },
-        })),
+        Some(Job::Recording { session, .. }) => JobEvent::Ended(Box::new(session.wait().await)),
         Some(Job::Reserved { deadline, .. }) => {
             tokio::time::sleep_until(*deadline).await;
             JobEvent::ReservationExpired
@@ -462,15 +486,17 @@ impl Service {
                             tracing::info!(id = %job_id, "starting recording");
                             let session = SessionHandle::spawn(
                                 spec,
-                                self.config.clone(),
-                                self.uploader.clone(),
-                                self.shutdown.force.child_token(),
+                                SessionContext {
+                                    config: self.config.clone(),
+                                    uploader: self.uploader.clone(),
+                                    force: self.shutdown.force.child_token(),
+                                    events: None,
+                                },
                             );
-                            let commands = session.commands();
                             self.job = Some(Job::Recording {
                                 id: job_id.clone(),
-                                commands,
-                                task: session.into_task(),
+                                commands: session.commands(),
+                                session,
                             });
                             self.set_status(Status::Recording);
                             String::new()
@@ -522,7 +548,7 @@ impl Service {
         &mut self,
         status: Status,
         name: &str,
-        make: impl FnOnce(oneshot::Sender<Result<(), String>>) -> Command,
+        make: impl FnOnce(oneshot::Sender<Result<(), OutputError>>) -> Command,
     ) -> String {
         let Some(Job::Recording { commands, .. }) = &self.job else {
             return format!("tried calling {name} with status {status}");
@@ -536,7 +562,7 @@ impl Service {
         }
         match tokio::time::timeout(OUTPUT_RPC_TIMEOUT, rx).await {
             Ok(Ok(Ok(()))) => String::new(),
-            Ok(Ok(Err(e))) => e,
+            Ok(Ok(Err(e))) => e.to_string(),
             Ok(Err(_)) => "recorder not initialized".into(),
             Err(_) => format!("{name} timed out"),
         }
@@ -567,7 +593,7 @@ impl Service {
 
     async fn on_session_end(&mut self, result: SessionResult) {
         // The session has uploaded the file already (when one is configured).
-        self.finish_job(result.info).await;
+        self.finish_job(recording_info(&result)).await;
     }
 
     /// Queues the result, leaves the recording's channel and becomes available again.
