@@ -26,6 +26,18 @@ pub struct Args {
         default_missing_value = "true"
     )]
     pub service_mode: bool,
+    /// Run as an egress worker of livekit-server v1.5.1 and later (psrpc over Redis)
+    /// (EGRESS_MODE=1/true/yes/on).
+    #[arg(
+        long,
+        env = "EGRESS_MODE",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        num_args = 0..=1,
+        default_value = "false",
+        default_missing_value = "true",
+        conflicts_with = "service_mode"
+    )]
+    pub egress_mode: bool,
     /// YAML config file.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -113,11 +125,20 @@ pub fn main() -> ExitCode {
         }
     };
     let code = if args.service_mode {
+        let config = Arc::new(config);
         runtime.block_on(crate::service::run_with_signals(
-            Arc::new(config),
-            uploader,
+            config.health_port,
             signals,
             root,
+            |shutdown, status| crate::service::run(config, uploader, shutdown, status),
+        ))
+    } else if args.egress_mode {
+        let config = Arc::new(config);
+        runtime.block_on(crate::service::run_with_signals(
+            config.health_port,
+            signals,
+            root,
+            |shutdown, status| crate::egress::run(config, shutdown, status),
         ))
     } else {
         runtime.block_on(run_standalone(&args, config, uploader, signals, root))
@@ -224,5 +245,16 @@ mod tests {
         assert!(!parse(&["r", "--service-mode", "0"]).unwrap().service_mode);
         assert!(!parse(&["r"]).unwrap().service_mode);
         assert!(parse(&["r", "--service-mode", "maybe"]).is_err());
+    }
+
+    #[test]
+    fn egress_mode_is_its_own_switch() {
+        let parse = |args: &[&str]| Args::try_parse_from(args.iter().copied());
+        assert!(parse(&["r", "--egress-mode"]).unwrap().egress_mode);
+        assert!(!parse(&["r"]).unwrap().egress_mode);
+        assert!(
+            parse(&["r", "--egress-mode", "--service-mode"]).is_err(),
+            "one protocol per process"
+        );
     }
 }

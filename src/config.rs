@@ -59,10 +59,120 @@ pub struct Config {
     pub defaults: Options,
     /// Seconds a reservation waits for its Start request before the recorder is available again.
     pub reservation_timeout: u64,
-    /// Seconds a template page has to log START_RECORDING.
+    /// Seconds a template page has to log START_RECORDING; 0 = wait until the recording is
+    /// ended (the original waited for START until End).
     pub start_timeout: u64,
     /// The Chromium binary; empty = the first of the usual Debian/Google locations that exists.
     pub chromium_path: String,
+    /// Seconds after which any recording ends by itself (cleanly, "limit reached"); 0 = none.
+    pub max_duration: u64,
+    // ---- Egress worker mode (livekit egress's own keys, same meaning) ----
+    /// Room composite page base; empty = the recorder's built-in templates.
+    pub template_base: String,
+    /// The StartEgress topic this worker serves (egress's `cluster_id`); empty as livekit-server sends.
+    pub cluster_id: String,
+    /// What each kind of recording costs, and how much of the machine may be used.
+    pub cpu_cost: CpuCostConfig,
+    /// Storage for egress requests that name none (egress's `s3`).
+    pub s3: Option<S3Config>,
+    /// Storage for egress requests that name none (egress's `azure`).
+    pub azure: Option<AzureConfig>,
+    /// Per-output limits on a recording's length (egress's `session_limits`).
+    pub session_limits: SessionLimits,
+    /// Accepted for compatibility with egress configs; Chromium's sandbox is not supported yet.
+    pub enable_chrome_sandbox: bool,
+    /// Report with `IOInfo.UpdateEgressInfo` (livekit-server v1.4.2 - v1.5.0) instead of
+    /// CreateEgress/UpdateEgress (v1.5.1 and later).
+    pub io_update_egress_info: bool,
+}
+
+/// `cpu_cost:` as livekit egress reads it. A request is taken when the machine's cores x
+/// `max_cpu_utilization` cover its cost plus the costs of the recordings already running.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct CpuCostConfig {
+    pub max_cpu_utilization: f64,
+    pub room_composite_cpu_cost: f64,
+    pub audio_room_composite_cpu_cost: f64,
+    pub web_cpu_cost: f64,
+    pub audio_web_cpu_cost: f64,
+}
+
+impl Default for CpuCostConfig {
+    fn default() -> Self {
+        Self {
+            max_cpu_utilization: 0.8,
+            room_composite_cpu_cost: 2.0,
+            audio_room_composite_cpu_cost: 1.0,
+            web_cpu_cost: 2.0,
+            audio_web_cpu_cost: 1.0,
+        }
+    }
+}
+
+/// `session_limits:` as livekit egress reads it: Go durations (`"6h"`, `"90m"`, `"30s"`) or
+/// seconds; absent or 0 = no limit.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct SessionLimits {
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub file_output_max_duration: Option<Duration>,
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub stream_output_max_duration: Option<Duration>,
+}
+
+/// A Go duration string (`1h30m`, `45s`, `500ms`) or a number of seconds; 0 = none.
+fn deserialize_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NumberOrText {
+        Number(f64),
+        Text(String),
+    }
+    let d = match NumberOrText::deserialize(d)? {
+        NumberOrText::Number(n) if n >= 0.0 && n.is_finite() => Duration::from_secs_f64(n),
+        NumberOrText::Number(n) => {
+            return Err(serde::de::Error::custom(format!("invalid duration {n}")))
+        }
+        NumberOrText::Text(t) => parse_go_duration(&t).map_err(serde::de::Error::custom)?,
+    };
+    Ok((!d.is_zero()).then_some(d))
+}
+
+/// Parses Go's `time.ParseDuration` forms without sign: `1h30m`, `2.5s`, `300ms`, `0`.
+pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    if t == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let invalid = || format!("invalid duration {text:?} (like \"6h\", \"90m\", \"30s\")");
+    let mut rest = t;
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return Err(invalid());
+    }
+    while !rest.is_empty() {
+        let n = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(invalid)?;
+        let value: f64 = rest[..n].parse().map_err(|_| invalid())?;
+        rest = &rest[n..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let seconds = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return Err(invalid()),
+        };
+        total += value * seconds;
+        rest = &rest[unit_len..];
+    }
+    Ok(Duration::from_secs_f64(total))
 }
 
 impl Default for Config {
@@ -79,8 +189,17 @@ impl Default for Config {
             file_output: FileOutputConfig::default(),
             defaults: Options::default(),
             reservation_timeout: 10,
-            start_timeout: 60,
+            start_timeout: 0,
             chromium_path: String::new(),
+            max_duration: 0,
+            template_base: String::new(),
+            cluster_id: String::new(),
+            cpu_cost: CpuCostConfig::default(),
+            s3: None,
+            azure: None,
+            session_limits: SessionLimits::default(),
+            enable_chrome_sandbox: false,
+            io_update_egress_info: false,
         }
     }
 }
@@ -103,6 +222,9 @@ pub struct FileOutputConfig {
     pub local: bool,
     /// Where files bound for an upload are written first; empty = the system temp dir.
     pub work_dir: String,
+    /// Egress mode: where local files go (request file paths resolve under it); empty = the
+    /// working directory.
+    pub local_dir: String,
     pub s3: Option<S3Config>,
     pub azblob: Option<AzureConfig>,
     pub gcp: Option<GcpConfig>,
@@ -113,6 +235,10 @@ pub struct FileOutputConfig {
 pub struct S3Config {
     pub access_key: String,
     pub secret: String,
+    /// Temporary credentials' session token (egress's key).
+    pub session_token: String,
+    /// Path-style addressing (egress's key); always used with a custom `endpoint`.
+    pub force_path_style: bool,
     pub endpoint: String,
     pub region: String,
     pub bucket: String,
@@ -297,14 +423,28 @@ impl Config {
         Ok(())
     }
 
+    /// How long any recording may last; `None` = until it is ended.
+    pub fn max_duration(&self) -> Option<Duration> {
+        (self.max_duration > 0).then(|| Duration::from_secs(self.max_duration))
+    }
+
+    /// Egress mode: where local files go.
+    pub fn local_dir(&self) -> PathBuf {
+        if self.file_output.local_dir.is_empty() {
+            PathBuf::from(".")
+        } else {
+            PathBuf::from(&self.file_output.local_dir)
+        }
+    }
+
     /// How long a reservation may wait for Start.
     pub fn reservation_timeout(&self) -> Duration {
         Duration::from_secs(self.reservation_timeout.max(1))
     }
 
-    /// How long a template page has to log START_RECORDING.
-    pub fn start_timeout(&self) -> Duration {
-        Duration::from_secs(self.start_timeout.max(1))
+    /// How long a template page has to log START_RECORDING; `None` = no limit.
+    pub fn start_timeout(&self) -> Option<Duration> {
+        (self.start_timeout > 0).then(|| Duration::from_secs(self.start_timeout))
     }
 
     /// Where files bound for an upload are written first.
@@ -359,7 +499,11 @@ mod tests {
         assert_eq!(c.defaults.audio_frequency, 44100);
         assert_eq!(c.health_port, 0);
         assert_eq!(c.reservation_timeout(), Duration::from_secs(10));
-        assert_eq!(c.start_timeout(), Duration::from_secs(60));
+        assert_eq!(
+            c.start_timeout(),
+            None,
+            "waits for START until End, as the original"
+        );
     }
 
     #[test]
@@ -536,5 +680,78 @@ chromium_path: /usr/bin/chromium
         assert_eq!(level("info"), "1");
         assert_eq!(level("error"), "1");
         assert_eq!(level("panic"), "0");
+    }
+
+    #[test]
+    fn egress_keys_are_read_with_egress_meanings() {
+        let yaml = r#"
+api_key: key
+api_secret: secret
+template_base: http://templates.local/egress.html
+cluster_id: eu-1
+max_duration: 21600
+cpu_cost: {max_cpu_utilization: 0.9, room_composite_cpu_cost: 3, web_cpu_cost: 1.5}
+s3: {access_key: a, secret: s, session_token: t, region: eu-west-1, bucket: b, force_path_style: true}
+azure: {account_name: n, account_key: k, container_name: c}
+session_limits: {file_output_max_duration: 1h30m, stream_output_max_duration: 600}
+enable_chrome_sandbox: true
+io_update_egress_info: true
+file_output: {local_dir: /out}
+"#;
+        let l = parse(yaml).unwrap();
+        assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+        let c = l.config;
+        assert_eq!(c.template_base, "http://templates.local/egress.html");
+        assert_eq!(c.cluster_id, "eu-1");
+        assert_eq!(c.max_duration(), Some(Duration::from_secs(6 * 3600)));
+        assert_eq!(c.cpu_cost.max_cpu_utilization, 0.9);
+        assert_eq!(c.cpu_cost.room_composite_cpu_cost, 3.0);
+        assert_eq!(c.cpu_cost.web_cpu_cost, 1.5);
+        assert_eq!(
+            c.cpu_cost.audio_web_cpu_cost, 1.0,
+            "unset costs keep defaults"
+        );
+        let s3 = c.s3.as_ref().unwrap();
+        assert_eq!(
+            (s3.session_token.as_str(), s3.force_path_style),
+            ("t", true)
+        );
+        assert_eq!(c.azure.as_ref().unwrap().container_name, "c");
+        assert_eq!(
+            c.session_limits.file_output_max_duration,
+            Some(Duration::from_secs(5400))
+        );
+        assert_eq!(
+            c.session_limits.stream_output_max_duration,
+            Some(Duration::from_secs(600))
+        );
+        assert!(c.io_update_egress_info);
+        assert_eq!(c.local_dir(), PathBuf::from("/out"));
+        assert_eq!(parse("").unwrap().config.max_duration(), None);
+    }
+
+    #[test]
+    fn go_durations_parse_as_go_does() {
+        assert_eq!(parse_go_duration("6h").unwrap(), Duration::from_secs(21600));
+        assert_eq!(
+            parse_go_duration("1h30m15s").unwrap(),
+            Duration::from_secs(5415)
+        );
+        assert_eq!(
+            parse_go_duration("1.5s").unwrap(),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(
+            parse_go_duration("250ms").unwrap(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(parse_go_duration("0").unwrap(), Duration::ZERO);
+        for bad in ["", "h", "5", "5x", "-5s", "1h 2m"] {
+            assert!(parse_go_duration(bad).is_err(), "{bad:?} should be refused");
+        }
+        let e = parse("session_limits: {file_output_max_duration: soon}")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("session_limits.file_output_max_duration"), "{e}");
     }
 }

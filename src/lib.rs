@@ -11,18 +11,22 @@
 //! What to record comes from a `StartRecordingRequest` ([`proto`]), merged with the YAML
 //! [`config`]'s defaults and validated into a [`request::RecordingSpec`]. [`standalone`] mode runs
 //! one session from the environment and ends on a signal; [`service`] mode takes sessions from
-//! livekit-server over Redis.
+//! livekit-server v0.15-v1.1 over Redis; [`egress`] mode is a recording worker of
+//! livekit-server v1.5.1 and later, over [`psrpc`] on the same Redis.
 
 pub mod audio;
 pub mod browser;
+pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod display;
+pub mod egress;
 pub mod health;
 pub mod options;
 pub mod pipeline;
 pub mod process;
 pub mod proto;
+pub mod psrpc;
 pub mod request;
 pub mod service;
 pub mod session;

@@ -60,6 +60,7 @@ async fn a_recording_lands_in_s3_at_the_requested_key() -> Result<()> {
         endpoint: moto.url(),
         region: "us-east-1".into(),
         bucket: "recordings".into(),
+        ..Default::default()
     };
     let client = s3::client(&cfg)?;
     client.create_bucket().bucket("recordings").send().await?;

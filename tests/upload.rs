@@ -19,6 +19,7 @@ fn s3_config(endpoint: &str) -> S3Config {
         endpoint: endpoint.into(),
         region: String::new(),
         bucket: BUCKET.into(),
+        ..Default::default()
     }
 }
 

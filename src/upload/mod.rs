@@ -378,6 +378,7 @@ mod tests {
             endpoint: endpoint.into(),
             region: region.into(),
             bucket: "recordings".into(),
+            ..Default::default()
         }
     }
 

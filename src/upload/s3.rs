@@ -71,7 +71,7 @@ pub fn client(cfg: &S3Config) -> Result<Client, UploadError> {
         .credentials_provider(Credentials::new(
             &cfg.access_key,
             &cfg.secret,
-            None,
+            (!cfg.session_token.is_empty()).then(|| cfg.session_token.clone()),
             None,
             "livekit-recorder config",
         ))
@@ -89,6 +89,8 @@ pub fn client(cfg: &S3Config) -> Result<Client, UploadError> {
         builder = builder
             .endpoint_url(endpoint.as_str().trim_end_matches('/'))
             .force_path_style(true);
+    } else if cfg.force_path_style {
+        builder = builder.force_path_style(true);
     }
     Ok(Client::from_conf(builder.build()))
 }

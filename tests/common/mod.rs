@@ -2,6 +2,7 @@
 //! the files it writes (ffprobe/ffmpeg) and of the processes it leaves (none).
 #![allow(dead_code)]
 
+pub mod egress;
 pub mod livekit;
 pub mod rtmp;
 pub mod storage;
@@ -167,6 +168,7 @@ impl Recorder {
             .env_remove("LIVEKIT_RECORDER_CONFIG")
             .env_remove("RECORDING_REQUEST")
             .env_remove("SERVICE_MODE")
+            .env_remove("EGRESS_MODE")
             .env("LKREC_TEST_TAG", &tag)
             .env("RUST_LOG", "livekit_recorder=debug")
             .stdin(Stdio::null())
