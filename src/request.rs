@@ -238,7 +238,8 @@ fn file_output(id: &str, filepath: &str, config: &Config) -> Result<Outputs, Req
     ))
 }
 
-fn create_dir(dir: &Path) -> Result<(), RequestError> {
+/// Creates `dir` and its parents with mode 0755.
+pub(crate) fn create_dir(dir: &Path) -> Result<(), RequestError> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Packaging checks: the Dockerfile (hadolint, what it must contain) and the Helm chart (helm lint,
-# helm template with default and full values, Kubernetes schema validation, assertions on the
-# rendered objects). Needs no Docker engine and no cluster.
+# helm template with default and full values, in service and in egress mode, Kubernetes schema
+# validation, assertions on the rendered objects). Needs no Docker engine and no cluster.
 #
 #   bash tests/packaging.sh
 #
@@ -64,8 +64,13 @@ trap 'rm -rf "$WORK"' EXIT
 
 # ---- assertions on files and rendered manifests (python, one function per check) ---------------
 cat >"$WORK/asserts.py" <<'PY'
-import base64, re, sys
+import base64, copy, json, math, re, sys
 import yaml
+
+# Config keys only the egress worker reads: the chart renders them in egress mode only.
+EGRESS_ONLY = ["max_duration", "template_base", "cluster_id", "cpu_cost", "s3", "azure",
+               "session_limits", "enable_chrome_sandbox", "io_update_egress_info"]
+EGRESS_ONLY_FILE_OUTPUT = ["local_dir"]
 
 def docs(path):
     with open(path) as f:
@@ -113,6 +118,31 @@ def prune(v):
         elif isinstance(x, bool) or x:
             out[k] = x
     return out
+
+def chart_config(values):
+    """The config the chart renders from (merged) values: service mode leaves out the egress-only
+    keys; egress mode keeps egress's s3 / azure only when their bucket / container is set."""
+    c = copy.deepcopy(values["config"])
+    if values.get("mode", "service") == "egress":
+        if not (c.get("s3") or {}).get("bucket"):
+            c.pop("s3", None)
+        if not (c.get("azure") or {}).get("container_name"):
+            c.pop("azure", None)
+    else:
+        for k in EGRESS_ONLY:
+            c.pop(k, None)
+        for k in EGRESS_ONLY_FILE_OUTPUT:
+            c.get("file_output", {}).pop(k, None)
+    return prune(c)
+
+def cpu_quantity(q):
+    q = str(q)
+    return int(q[:-1]) / 1000 if q.endswith("m") else float(q)
+
+def dockerfile_entrypoint(path):
+    stages, _ = dockerfile_stages(path)
+    ep = [r for w, r in stages[-1] if w == "ENTRYPOINT"]
+    return json.loads(ep[-1])
 
 def leaves(d, prefix=""):
     for k, v in d.items():
@@ -264,7 +294,14 @@ def config_full(values, *paths):
         file_output.azblob.account_name file_output.azblob.account_key file_output.azblob.container_name file_output.azblob.endpoint
         defaults.preset defaults.width defaults.height defaults.depth defaults.framerate defaults.audio_bitrate
         defaults.audio_frequency defaults.video_bitrate defaults.profile
-        reservation_timeout start_timeout""".split())
+        reservation_timeout start_timeout
+        max_duration template_base cluster_id file_output.local_dir
+        cpu_cost.max_cpu_utilization cpu_cost.room_composite_cpu_cost cpu_cost.audio_room_composite_cpu_cost
+        cpu_cost.web_cpu_cost cpu_cost.audio_web_cpu_cost
+        s3.access_key s3.secret s3.session_token s3.region s3.endpoint s3.bucket s3.force_path_style
+        azure.account_name azure.account_key azure.container_name
+        session_limits.file_output_max_duration session_limits.stream_output_max_duration
+        enable_chrome_sandbox io_update_egress_info""".split())
     defaults = yaml.safe_load(open(values))["config"]
     missing = want_keys - set(leaves(defaults))
     assert not missing, f"values.yaml lacks config keys {sorted(missing)}"
@@ -272,7 +309,8 @@ def config_full(values, *paths):
     for layered in paths:
         files = layered.split("+")
         render, value_files = files[0], files[1:]
-        merged = yaml.safe_load(open(values))["config"]
+        # Whole values, not only `config`: `mode` decides which keys are rendered.
+        merged = yaml.safe_load(open(values))
         def merge(a, b):
             for k, v in b.items():
                 if isinstance(v, dict) and isinstance(a.get(k), dict):
@@ -280,9 +318,10 @@ def config_full(values, *paths):
                 else:
                     a[k] = v
         for vf in value_files:
-            merge(merged, yaml.safe_load(open(vf)).get("config", {}))
+            merge(merged, yaml.safe_load(open(vf)))
         cfg = config_of(docs(render))
-        assert cfg == prune(merged), f"{render}: rendered config differs from values:\n{cfg}\n!=\n{prune(merged)}"
+        want = chart_config(merged)
+        assert cfg == want, f"{render}: rendered config differs from values:\n{cfg}\n!=\n{want}"
         seen |= set(leaves(cfg))
     assert seen >= want_keys, f"config keys never rendered: {sorted(want_keys - seen)}"
 
@@ -295,6 +334,68 @@ def config_default(path):
         assert isinstance(v, bool) or v not in ("", 0, None), f"empty value rendered for {k}"
     assert "s3" not in cfg.get("file_output", {}) and "azblob" not in cfg.get("file_output", {}), "storage rendered by default"
     assert cfg["health_port"] == 8080 and cfg["reservation_timeout"] == 10 and cfg["start_timeout"] == 60, cfg
+    egress = [k for k in EGRESS_ONLY if k in cfg] + \
+        [f"file_output.{k}" for k in EGRESS_ONLY_FILE_OUTPUT if k in cfg.get("file_output", {})]
+    assert not egress, f"egress-only keys rendered in service mode: {egress}"
+
+def config_default_egress(path):
+    """Egress mode, default values: the egress keys with this project's defaults, nothing empty,
+    no storage (neither egress's s3 / azure nor file_output's)."""
+    cfg = config_of(docs(path))
+    for k in leaves(cfg):
+        v = cfg
+        for part in k.split("."):
+            v = v[part]
+        assert isinstance(v, bool) or v not in ("", 0, None), f"empty value rendered for {k}"
+    for k in ("s3", "azure"):
+        assert k not in cfg, f"egress storage {k} rendered by default: {cfg.get(k)}"
+    assert "s3" not in cfg["file_output"] and "azblob" not in cfg["file_output"], "storage rendered by default"
+    want_cost = {"max_cpu_utilization": 0.8, "room_composite_cpu_cost": 2, "web_cpu_cost": 2,
+                 "audio_room_composite_cpu_cost": 1, "audio_web_cpu_cost": 1}
+    assert cfg["cpu_cost"] == want_cost, cfg["cpu_cost"]
+    assert cfg["session_limits"] == {"file_output_max_duration": "6h"}, cfg["session_limits"]
+    assert cfg["max_duration"] == 21600, cfg.get("max_duration")
+    assert cfg["io_update_egress_info"] is False and cfg["enable_chrome_sandbox"] is False, cfg
+    assert "template_base" not in cfg and "cluster_id" not in cfg, "template_base / cluster_id rendered empty"
+    assert cfg["health_port"] == 8080 and cfg["redis"]["address"], cfg
+
+def egress_env(path, dockerfile):
+    """EGRESS_MODE=1, no SERVICE_MODE in the pod env, and the image's entrypoint run through
+    `env -u SERVICE_MODE` (the image's ENV SERVICE_MODE=1 conflicts with EGRESS_MODE)."""
+    objs = docs(path)
+    _, c = container(objs)
+    e = env(c)
+    assert e.get("EGRESS_MODE", {}).get("value") == "1", f"EGRESS_MODE {e.get('EGRESS_MODE')}"
+    assert "SERVICE_MODE" not in e, f"SERVICE_MODE in the pod env: {e['SERVICE_MODE']}"
+    assert "args" not in c, f"args {c['args']}"
+    ep = dockerfile_entrypoint(dockerfile)  # [tini, --, recorder]
+    assert len(ep) == 3 and ep[1] == "--", f"unexpected image ENTRYPOINT {ep}"
+    want = ep[:2] + ["/usr/bin/env", "-u", "SERVICE_MODE", ep[2]]
+    assert c.get("command") == want, f"command {c.get('command')} != {want}"
+    assert e["LIVEKIT_RECORDER_CONFIG"]["valueFrom"]["secretKeyRef"]["key"], "no config"
+    cfg = config_of(objs)
+    assert cfg["redis"]["address"], "config has no redis address"
+
+def service_mode(path):
+    """Service mode as it always was: SERVICE_MODE=1, no EGRESS_MODE, the image's entrypoint."""
+    _, c = container(docs(path))
+    e = env(c)
+    assert e.get("SERVICE_MODE", {}).get("value") == "1", f"SERVICE_MODE {e.get('SERVICE_MODE')}"
+    assert "EGRESS_MODE" not in e, "EGRESS_MODE in a service-mode pod"
+    assert "command" not in c and "args" not in c, f"command/args set: {c.get('command')} {c.get('args')}"
+
+def cpu_rule(path, per_pod):
+    """Egress mode: requests.cpu = cpu_cost x egresses per pod; the CPU limit (whole cores, as the
+    worker counts it) x max_cpu_utilization holds that many egresses and not one more."""
+    objs = docs(path)
+    _, c = container(objs)
+    cc = config_of(objs)["cpu_cost"]
+    cost = max(cc["room_composite_cpu_cost"], cc["web_cpu_cost"])
+    cores = math.floor(cpu_quantity(c["resources"]["limits"]["cpu"]))
+    fits = math.floor(cores * cc["max_cpu_utilization"] / cost + 1e-9)
+    assert fits == int(per_pod), f"{cores} cores x {cc['max_cpu_utilization']} hold {fits} egresses of cost {cost}, not {per_pod}"
+    req = cpu_quantity(c["resources"]["requests"]["cpu"])
+    assert abs(req - fits * cost) < 1e-9, f"requests.cpu {req} != {fits} x cost {cost}"
 
 def existing_secret(path, name, key):
     objs = docs(path)
@@ -308,6 +409,15 @@ def notes(path):
     for needle in ("same Redis", "redis:", "curl", "available", "SIGTERM", "get hpa"):
         assert needle in text, f"NOTES.txt lacks {needle!r}"
     assert "p4ss" not in text, "NOTES.txt prints the Redis password"
+
+def notes_egress(path):
+    text = one(docs(path), "ConfigMap")["data"]["notes"]
+    for needle in ("same Redis", "redis:", "v1.5.1", "livekit/egress", "io_update_egress_info",
+                   "lk egress start --type room-composite", "lk egress stop --id", "curl", "available",
+                   "SIGTERM", "get hpa"):
+        assert needle in text, f"NOTES.txt (egress) lacks {needle!r}"
+    for needle in ("p4ss", "no recorders available", "reserved"):
+        assert needle not in text, f"NOTES.txt (egress) says {needle!r}"
 
 if __name__ == "__main__":
     globals()[sys.argv[1]](*sys.argv[2:])
@@ -384,14 +494,24 @@ check ".dockerignore keeps target/, out/, .git, web/node_modules out" dockerigno
 # ---- Helm chart ---------------------------------------------------------------------------------
 FULL=$CHART/ci/full-values.yaml
 AZ=$CHART/ci/azblob-values.yaml
+EG=$CHART/ci/egress-values.yaml
+EGAZ=$CHART/ci/egress-azure-values.yaml
 check "helm lint --strict (default values)" "$HELM" lint --strict "$CHART"
 check "helm lint --strict (every value set)" "$HELM" lint --strict "$CHART" -f "$FULL"
+check "helm lint --strict (egress mode, default values)" "$HELM" lint --strict "$CHART" --set mode=egress
+check "helm lint --strict (egress mode, every value set)" "$HELM" lint --strict "$CHART" -f "$FULL" -f "$EG"
 check "helm template (default values)" render "$WORK/default.yaml"
 check "helm template (every value set, S3)" render "$WORK/full.yaml" -f "$FULL"
 check "helm template (every value set, Azure)" render "$WORK/azblob.yaml" -f "$FULL" -f "$AZ"
+check "helm template (egress mode, default values)" render "$WORK/egress-default.yaml" --set mode=egress
+check "helm template (egress mode, every value set, S3)" render "$WORK/egress.yaml" -f "$FULL" -f "$EG"
+check "helm template (egress mode, every value set, Azure)" render "$WORK/egress-azure.yaml" -f "$FULL" -f "$EG" -f "$EGAZ"
+check "helm template (egress mode, ci/egress-values.yaml alone)" render "$WORK/egress-alone.yaml" -f "$EG"
 check "kubernetes-validate --strict: default render" validate "$WORK/default.yaml"
 check "kubernetes-validate --strict: full render (S3)" validate "$WORK/full.yaml"
 check "kubernetes-validate --strict: full render (Azure)" validate "$WORK/azblob.yaml"
+check "kubernetes-validate --strict: egress renders (default, S3, Azure, alone)" \
+  validate "$WORK/egress-default.yaml" "$WORK/egress.yaml" "$WORK/egress-azure.yaml" "$WORK/egress-alone.yaml"
 sed 's/^\(      serviceAccountName:.*\)$/\1\n      notAField: true/' "$WORK/default.yaml" >"$WORK/bad.yaml"
 check "kubernetes-validate --strict rejects an unknown field (the schema check is live)" must_fail notAField validate "$WORK/bad.yaml"
 
@@ -410,14 +530,63 @@ check "securityContext: runAsNonRoot, the image's uid, no privilege escalation" 
 check "resources: requests 2 cpu/2Gi, limits 4 cpu/4Gi" asserts resources "$WORK/default.yaml"
 check "/dev/shm in memory, work_dir on an emptyDir" asserts volumes "$WORK/default.yaml"
 check "work_dir volume follows config.file_output.work_dir (/recordings)" asserts volumes "$WORK/full.yaml"
-check "every config key reaches the Secret unchanged" \
-  asserts config_full "$CHART/values.yaml" "$WORK/full.yaml+$FULL" "$WORK/azblob.yaml+$FULL+$AZ"
-check "default config: no empty keys, no storage section" asserts config_default "$WORK/default.yaml"
+check "every config key reaches the Secret unchanged (egress keys in egress mode only)" \
+  asserts config_full "$CHART/values.yaml" "$WORK/full.yaml+$FULL" "$WORK/azblob.yaml+$FULL+$AZ" \
+  "$WORK/egress.yaml+$FULL+$EG" "$WORK/egress-azure.yaml+$FULL+$EG+$EGAZ" "$WORK/egress-alone.yaml+$EG"
+check "default config: no empty keys, no storage section, no egress keys" asserts config_default "$WORK/default.yaml"
 render "$WORK/existing.yaml" --set existingSecret=my-recorder-config --set existingSecretKey=recorder.yaml || true
 check "existingSecret: no Secret rendered, env points at it" asserts existing_secret "$WORK/existing.yaml" my-recorder-config recorder.yaml
 check "config.health_port=0 is refused (probes need it)" must_fail "health_port" render "$WORK/x.yaml" --set config.health_port=0
 check "both s3 and azblob is refused" must_fail "only one of" \
   render "$WORK/x.yaml" --set config.file_output.s3.bucket=a --set config.file_output.azblob.container_name=b
+
+check "mode=bogus is refused" must_fail "mode must be service or egress" render "$WORK/x.yaml" --set mode=bogus
+
+# ---- service mode stays as it was -----------------------------------------------------------------
+each() { # each FUNCTION ARGS... -- FILE...: asserts FUNCTION FILE ARGS... for every FILE
+  local fn=$1 args=() f
+  shift
+  while [ "$1" != "--" ]; do args+=("$1"); shift; done
+  shift
+  for f in "$@"; do asserts "$fn" "$f" "${args[@]}" || { echo "in $f"; return 1; }; done
+}
+check "service mode: SERVICE_MODE=1, no EGRESS_MODE, the image's entrypoint (every service render)" \
+  each service_mode -- "$WORK/default.yaml" "$WORK/full.yaml" "$WORK/azblob.yaml" "$WORK/nohpa.yaml" "$WORK/existing.yaml"
+render "$WORK/service-explicit.yaml" --set mode=service || true
+check "mode=service renders exactly the default render" cmp "$WORK/default.yaml" "$WORK/service-explicit.yaml"
+# Every egress-only value changed (ci/egress-*.yaml), in service mode: the render must not move by
+# a byte. (Those files also size resources for egress; that is put back.)
+render "$WORK/service-egress-values.yaml" -f "$EG" -f "$EGAZ" --set mode=service \
+  --set-string resources.requests.cpu=2 --set-string resources.limits.cpu=4 || true
+check "service mode ignores every egress-only value (byte-identical render)" \
+  cmp "$WORK/default.yaml" "$WORK/service-egress-values.yaml"
+
+# ---- egress worker mode ---------------------------------------------------------------------------
+check "egress: env EGRESS_MODE=1, no SERVICE_MODE, entrypoint via env -u SERVICE_MODE (= image's)" \
+  asserts egress_env "$WORK/egress-default.yaml" Dockerfile
+check "egress (every value set): same env and entrypoint" asserts egress_env "$WORK/egress.yaml" Dockerfile
+check "egress default config: cpu_cost 2/2/0.8, session_limits 6h, max_duration 21600, no storage, nothing empty" \
+  asserts config_default_egress "$WORK/egress-default.yaml"
+check "egress: requests.cpu = cpu_cost, limits 4 x 0.8 fit one egress (default)" asserts cpu_rule "$WORK/egress-default.yaml" 1
+check "egress: requests.cpu 3 = 2 x cost 1.5, limits 4 x 0.9 fit two (ci/egress-values.yaml)" asserts cpu_rule "$WORK/egress.yaml" 2
+check "egress: a CPU limit with room for no egress is refused (limits.cpu=2 x 0.8 < 2)" \
+  must_fail "would never take" render "$WORK/x.yaml" --set mode=egress --set resources.limits.cpu=2
+check "egress: limits.cpu in millicores counts whole cores (2999m x 0.8 < 2 is refused)" \
+  must_fail "would never take" render "$WORK/x.yaml" --set mode=egress --set resources.limits.cpu=2999m
+check "egress: both s3 and azure is refused" must_fail "only one of" \
+  render "$WORK/x.yaml" --set mode=egress --set config.s3.bucket=a --set config.azure.container_name=b
+check "egress: terminationGracePeriodSeconds >= max_duration + 600 (default 22200)" asserts grace "$WORK/egress-default.yaml" 22200 22200
+check "egress: grace follows max_duration (14400 + 600 over the 7200 set)" asserts grace "$WORK/egress.yaml" 15000 15000
+render "$WORK/egress-grace.yaml" --set mode=egress --set terminationGracePeriodSeconds=30000 || true
+check "egress: a longer terminationGracePeriodSeconds is kept (30000)" asserts grace "$WORK/egress-grace.yaml" 30000 30000
+check "egress: probes on the health port (8080)" asserts probes "$WORK/egress-default.yaml" 8080
+check "egress: probes follow config.health_port (9090)" asserts probes "$WORK/egress.yaml" 9090
+egress_as_service() {
+  asserts hpa "$WORK/egress-default.yaml" 2 10 60 && asserts pdb "$WORK/egress-default.yaml" 1 &&
+    asserts volumes "$WORK/egress-default.yaml" && asserts volumes "$WORK/egress.yaml" &&
+    asserts security "$WORK/egress-default.yaml" Dockerfile && asserts resources "$WORK/egress-default.yaml"
+}
+check "egress: HPA, PDB, volumes, securityContext, resources as in service mode" egress_as_service
 
 # NOTES.txt is not printed by `helm template`: render it through a ConfigMap in a copy of the chart.
 cp -r "$CHART" "$WORK/chart"
@@ -426,6 +595,10 @@ printf '%s\n' 'apiVersion: v1' 'kind: ConfigMap' 'metadata:' '  name: notes' 'da
 "$HELM" template rec "$WORK/chart" --show-only templates/zz-notes.yaml \
   --set config.redis.address=redis://:p4ss@redis:6379 >"$WORK/notes.yaml" 2>&1 || true
 check "NOTES.txt: shared Redis, status check, SIGTERM; no Redis password" asserts notes "$WORK/notes.yaml"
+"$HELM" template rec "$WORK/chart" --show-only templates/zz-notes.yaml --set mode=egress \
+  --set config.redis.address=redis://:p4ss@redis:6379 >"$WORK/notes-egress.yaml" 2>&1 || true
+check "NOTES.txt (egress): v1.5.1+, livekit/egress beside, lk egress commands; no Redis password" \
+  asserts notes_egress "$WORK/notes-egress.yaml"
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

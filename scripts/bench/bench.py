@@ -6,6 +6,11 @@ Rows, measured in one run on the same machine:
   seed 720p30 / seed 1080p30   a replica of the original pipeline (protocol.md 4.7) with
                                gst-launch-1.0, Xvfb, a private PulseAudio and Chromium (4.5 flags)
   ours service                 idle daemon (CPU, memory) and reservation ack latency
+  ours egress ...              the egress worker (EGRESS_MODE=1) against the livekit-server double
+                               of tests/common/egress.rs: idle StartEgress claim latency,
+                               StartEgress claim -> response and StartEgress -> ACTIVE over
+                               BENCH_EGRESS_N web egresses (tests/egress_bench.rs, an ignored test
+                               that scripts/bench.sh builds; its executable is BENCH_EGRESS_TEST)
 Encoder quality: a lossless capture of the demo page is re-encoded offline with our x264 settings
 (read from src/pipeline/mod.rs at run time) and with the seed's, at the same bitrate; SSIM of each
 against the lossless clip.
@@ -44,6 +49,10 @@ RESERVATIONS = int(os.environ.get("BENCH_RESERVATIONS", "300"))
 QUALITY_SECONDS = float(os.environ.get("BENCH_QUALITY_SECONDS", "10"))
 ONLY = {s.strip() for s in os.environ.get("BENCH_ONLY", "").split(",") if s.strip()}
 KEEP = os.environ.get("BENCH_KEEP") == "1"
+EGRESS_TEST = os.environ.get("BENCH_EGRESS_TEST", "")
+EGRESS_N = int(os.environ.get("BENCH_EGRESS_N", "5"))
+EGRESS_SECONDS = float(os.environ.get("BENCH_EGRESS_SECONDS", "3"))
+EGRESS_CLAIMS = int(os.environ.get("BENCH_EGRESS_CLAIMS", "50"))
 
 PRESETS = {  # name -> (preset, width, height, video kbps)
     "720p30": ("HD_30", 1280, 720, 3000),
@@ -975,6 +984,50 @@ def run_service(binary, work):
 
 
 # --------------------------------------------------------------------------------------------
+# Egress worker: tests/egress_bench.rs does the work (worker, redis-server, the livekit-server
+# double, a static page on loopback) and prints its samples on one EGRESS_BENCH_JSON line.
+
+
+def run_egress(work):
+    row = {"name": "ours egress", "errors": []}
+    if not EGRESS_TEST or not os.access(EGRESS_TEST, os.X_OK):
+        raise RuntimeError(f"no egress bench executable (BENCH_EGRESS_TEST={EGRESS_TEST!r}); "
+                           "run through scripts/bench.sh, which builds it")
+    row["exe"] = EGRESS_TEST
+    row["load"] = wait_quiet(row["name"])
+    log(f"egress: {EGRESS_CLAIMS} idle claims, then {EGRESS_N} web egresses of {EGRESS_SECONDS:.0f} s")
+    env = {**os.environ, "BENCH_EGRESS_N": str(EGRESS_N), "BENCH_EGRESS_SECONDS": str(EGRESS_SECONDS),
+           "BENCH_EGRESS_CLAIMS": str(EGRESS_CLAIMS)}
+    for k in ("LIVEKIT_RECORDER_CONFIG", "RECORDING_REQUEST", "SERVICE_MODE", "EGRESS_MODE", "RUST_LOG"):
+        env.pop(k, None)
+    with open(work / "egress-bench.stderr", "w") as errf:
+        p = spawn("egress bench", [EGRESS_TEST, "--ignored", "--exact", "egress_worker_latency",
+                                   "--nocapture", "--test-threads=1"],
+                  env=env, cwd=str(work), stdout=subprocess.PIPE, stderr=errf)
+        out = LineReader(p.stdout, work / "egress-bench.log")
+        deadline = time.monotonic() + 120 + 90 * EGRESS_N
+        try:
+            while p.poll() is None:
+                if time.monotonic() > deadline:
+                    row["errors"].append("did not finish in time")
+                    break
+                remember(snapshot(), [p.pid])  # for the leak check: worker, Chromium, Xvfb, ...
+                time.sleep(1.0)
+        finally:
+            if p.poll() is None:
+                stop_group(p, timeout=10)
+    out.t.join(5)
+    text = out.text()
+    line = next((l for l in text.splitlines() if l.startswith("EGRESS_BENCH_JSON ")), None)
+    if p.returncode != 0 or line is None:
+        tail = (work / "egress-bench.stderr").read_text(errors="replace")[-300:]
+        row["errors"].append(f"exit {p.returncode}: {(text[-600:] + tail).strip()}")
+        return row
+    row.update(json.loads(line.split(" ", 1)[1]))
+    return row
+
+
+# --------------------------------------------------------------------------------------------
 # Report
 
 
@@ -991,7 +1044,7 @@ def fmt(v, spec, none="—"):
     return none if v is None else format(v, spec)
 
 
-def report(rows, service, qual, settings, binary, failures, t_start):
+def report(rows, service, qual, settings, binary, failures, t_start, egress=None):
     cpu_model = "?"
     for line in open("/proc/cpuinfo"):
         if line.startswith("model name"):
@@ -1018,6 +1071,13 @@ def report(rows, service, qual, settings, binary, failures, t_start):
                    f"128 kbps (protocol.md §4.7; avenc_aac replaces faac, which does not exist here; videoconvert "
                    f"negotiates I420 with x264enc, as ours converts to); Xvfb "
                    f"{w}x{h}x24, private PulseAudio, Chromium with the §4.5 flags")
+    if egress:
+        out.append(f"- ours egress: the worker (EGRESS_MODE=1; `{egress.get('exe', '?')}`, i.e. the "
+                   f"`livekit-recorder` cargo built for tests/egress_bench.rs, same profile as above) on a private "
+                   f"redis-server, driven by the livekit-server double of tests/common/egress.rs (psrpc, "
+                   f"StartEgress selection as livekit-server: an idle worker claims with affinity 0.5, the best "
+                   f"claim is taken 500 ms after the first), web egresses of a static local page to local MP4 "
+                   f"files (H264_720P_30 preset), one at a time, all on loopback")
     out.append("")
     hdr = ["row", "CPU (cores)", "memory PSS (MB)", "fps delivered", "frames got/expected", "dropped (ts gaps)",
            "duplicates (identical)", "A/V offset (ms)", "A/V drift (ms)", "video kbps", "SSIM @ same bitrate",
@@ -1091,6 +1151,8 @@ def report(rows, service, qual, settings, binary, failures, t_start):
                  fmt(s["pss"] / 1e6 if s.get("pss") else None, ".1f"), "—", "—", "—", "—", "—", "—", "—", "—",
                  ack, fmt(s.get("stop"), ".2f"), "; ".join(notes)]
         out.append("| " + " | ".join(cells) + " |")
+    if egress:
+        out.extend(egress_rows(egress))
     out.append("")
     out.append("Columns: CPU = utime+stime (+ reaped children) of every process the recording runs (recorder or "
                "gst-launch, Xvfb, PulseAudio, parec, Chromium and its helpers, found by parent links although they "
@@ -1109,6 +1171,50 @@ def report(rows, service, qual, settings, binary, failures, t_start):
         out.append("")
         out.append("FAILED: " + "; ".join(failures))
     return "\n".join(out) + "\n"
+
+
+def egress_rows(e):
+    dash = ["—"] * 10  # CPU .. SSIM
+
+    def figs(xs, unit, label):
+        if not xs:
+            return "—"
+        xs = [x / unit for x in xs]
+        return f"p50 {pct(xs, .5):.2f} / p95 {pct(xs, .95):.2f} / max {max(xs):.2f} {label}"
+
+    def line(name, start, stop, notes):
+        return "| " + " | ".join([name, *dash, start, stop, "; ".join(notes)]) + " |"
+
+    common = []
+    if e.get("errors"):
+        common.append("FAILED: " + "; ".join(e["errors"]))
+    if "load" in e:
+        common.append(f"load before {e['load']:.2f}")
+    s = e.get("samples") or {}
+    if not s:
+        return [line("ours egress", "—", "—", common)]
+    n = e.get("n", 0)
+    idle = s.get("idle_claim_ms") or []
+    stop = s.get("stop_to_complete_ms") or []
+    out = [
+        line(f"ours egress idle ({len(idle)} StartEgress claims)", f"claim {figs(idle, 1, 'ms')}", "—",
+             common + [f"StartEgress publish → the idle worker's ClaimRequest arrival; each request released by a "
+                       f"ClaimResponse naming another server (no recording); the worker logged "
+                       f"ready within {e.get('ready_ms', 0):.0f} ms of its spawn (log polled every 50 ms)"]),
+        line(f"ours egress StartEgress claim → response (N={n})", figs(s.get("claim_to_response_ms"), 1, "ms"), "—",
+             common + [f"ClaimRequest arrival → StartEgress Response arrival, including the node's 500 ms selection "
+                       f"wait for a 0.5 claim; of which choice (ClaimResponse) → Response "
+                       f"{figs(s.get('choice_to_response_ms'), 1, 'ms')} (validate, subscribe StopEgress/"
+                       f"UpdateStream, IOInfo.CreateEgress answered, session spawned); publish → ClaimRequest "
+                       f"{figs(s.get('claim_ms'), 1, 'ms')}; publish → Response "
+                       f"{figs(s.get('start_response_ms'), 1, 'ms')}; {s.get('retries', 0)} retries"]),
+        line(f"ours egress StartEgress → ACTIVE (N={n})", figs(s.get("start_to_active_ms"), 1000, "s"),
+             f"p50 {pct(stop, .5) / 1000:.2f} / max {max(stop) / 1000:.2f}" if stop else "—",
+             common + [f"StartEgress publish → IOInfo UpdateEgress(ACTIVE) arrival at the node (Xvfb, PulseAudio, "
+                       f"Chromium, page load, pipeline playing); stop = StopEgress publish → the COMPLETE update's "
+                       f"arrival (file finished); {e.get('record_seconds', 0):.0f} s recorded per egress after ACTIVE"]),
+    ]
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -1133,7 +1239,7 @@ def main():
     binary = work / "livekit-recorder"
     shutil.copy2(shown, binary)
 
-    rows, failures, qual, settings, service = [], [], {}, {}, None
+    rows, failures, qual, settings, service, egress = [], [], {}, {}, None, None
     for res_name in PRESETS:
         kbps = PRESETS[res_name][3]
         try:
@@ -1176,6 +1282,10 @@ def main():
             service = guarded("service", lambda: run_service(binary, work))
             if service and service.get("errors"):
                 failures.append("service: " + "; ".join(service["errors"]))
+        if wanted("egress"):
+            egress = guarded("egress", lambda: run_egress(work))
+            if egress and egress.get("errors"):
+                failures.append("egress: " + "; ".join(egress["errors"]))
         if wanted("quality"):
             for res_name in PRESETS:
                 q = guarded(f"quality {res_name}", lambda: quality(res_name, url, work, settings[res_name][0]))
@@ -1191,7 +1301,7 @@ def main():
         if left:
             failures.append("processes left behind: " + ", ".join(left))
 
-    md = report(rows, service, qual, settings, f"{shown}` built {built}", failures, t_start)
+    md = report(rows, service, qual, settings, f"{shown}` built {built}", failures, t_start, egress)
     print(md, end="")
     (REPO / "out").mkdir(exist_ok=True)
     (REPO / "out" / "bench.md").write_text(md)

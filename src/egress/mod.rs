@@ -584,7 +584,8 @@ async fn output_rpc(
     match tokio::time::timeout(OUTPUT_RPC_TIMEOUT, rx).await {
         Ok(Ok(Ok(()))) => Ok(()),
         Ok(Ok(Err(OutputError::NotRecording))) | Ok(Err(_)) => Err(not_recording()),
-        Ok(Ok(Err(e @ OutputError::UnknownUrl(_)))) => {
+        // "output already exists", "output not found", a URL the pipeline refuses.
+        Ok(Ok(Err(e @ OutputError::Pipeline(crate::pipeline::PipelineError::Output(_))))) => {
             Err(RpcError::new(ErrorCode::InvalidArgument, e.to_string()))
         }
         Ok(Ok(Err(e))) => Err(RpcError::new(ErrorCode::Internal, e.to_string())),

@@ -610,12 +610,7 @@ fn local_path(dir: &Path, path: &str) -> Result<PathBuf, Refusal> {
 }
 
 fn create_dir(dir: &Path) -> Result<(), Refusal> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(dir)
-        .map_err(|e| invalid(format!("could not create {}: {e}", dir.display())))
+    crate::request::create_dir(dir).map_err(|e| invalid(e.to_string()))
 }
 
 /// The text stream keys are replaced with in results and logs.

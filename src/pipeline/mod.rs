@@ -389,11 +389,6 @@ impl Pipeline {
         }
     }
 
-    /// Whether the recording streams (RTMP URLs can be added and removed).
-    pub fn streams(&self) -> bool {
-        self.outputs.is_some()
-    }
-
     /// Stops streaming to an RTMP URL.
     pub async fn remove_output(&self, url: &str) -> Result<(), PipelineError> {
         match &self.outputs {

@@ -54,8 +54,6 @@ pub enum OutputError {
     /// Nothing records yet (or any more).
     #[error("pipeline not initialized")]
     NotRecording,
-    #[error("not streaming to {0}")]
-    UnknownUrl(String),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
 }

@@ -360,15 +360,11 @@ impl Recording<'_> {
                 let _ = reply.send(r);
             }
             Some(Command::RemoveOutput { url, reply }) => {
-                let r = if !self.streams.is_active(&url) && running.pipeline.streams() {
-                    Err(OutputError::UnknownUrl(crate::pipeline::rtmp::redact(&url)))
-                } else {
-                    running
-                        .pipeline
-                        .remove_output(&url)
-                        .await
-                        .map_err(OutputError::from)
-                };
+                let r = running
+                    .pipeline
+                    .remove_output(&url)
+                    .await
+                    .map_err(OutputError::from);
                 if r.is_ok() {
                     self.streams.end(&url, None);
                 }

@@ -481,6 +481,10 @@ pub struct CallRecord {
     /// The server this node named in its ClaimResponse.
     pub chosen: Option<String>,
     pub responses: Vec<Answer>,
+    /// When this node published the request (for measurements).
+    pub sent: Option<Instant>,
+    /// When this node published its ClaimResponse (for measurements).
+    pub chosen_at: Option<Instant>,
 }
 
 impl CallRecord {
@@ -507,6 +511,8 @@ pub struct IoUpdate {
     pub client_id: String,
     /// When the node stored it (wall clock, for comparing with page timestamps).
     pub at: SystemTime,
+    /// When the request reached the node, before its queue claim (for measurements).
+    pub arrived: Instant,
 }
 
 impl IoUpdate {
@@ -818,6 +824,7 @@ impl EgressServer {
             raw_request: raw,
             ..Request::default()
         };
+        self.inner.mark_sent(request_id);
         self.inner
             .publish(&req_channel(service, method, topic), wire::seal(&req))
             .await
@@ -949,6 +956,7 @@ impl EgressServer {
             raw_request: raw,
             ..Request::default()
         };
+        self.inner.mark_sent(&request_id);
         self.inner
             .publish(&req_channel(service, method, topic), wire::seal(&req))
             .await?;
@@ -1216,6 +1224,13 @@ impl Inner {
     fn set_chosen(&self, request_id: &str, server_id: &str) {
         if let Some(c) = self.lock().calls.get_mut(request_id) {
             c.chosen = Some(server_id.to_owned());
+            c.chosen_at = Some(Instant::now());
+        }
+    }
+
+    fn mark_sent(&self, request_id: &str) {
+        if let Some(c) = self.lock().calls.get_mut(request_id) {
+            c.sent = Some(Instant::now());
         }
     }
 
@@ -1268,10 +1283,11 @@ impl Inner {
                 }
             }
             [IO_INFO, method, "REQ"] => {
+                let arrived = Instant::now();
                 let method = (*method).to_owned();
                 let inner = self.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = inner.handle_io(&method, &payload).await {
+                    if let Err(e) = inner.handle_io(&method, &payload, arrived).await {
                         inner.stray(&channel, format!("IOInfo.{method}: {e:#}"));
                     }
                 });
@@ -1290,7 +1306,7 @@ impl Inner {
 
     /// One IOInfo request, as a psrpc queue-method server: SET NX, expiry, decode, claim with
     /// affinity 1, wait for the ClaimResponse, handle, respond.
-    async fn handle_io(&self, method: &str, payload: &[u8]) -> Result<()> {
+    async fn handle_io(&self, method: &str, payload: &[u8], arrived: Instant) -> Result<()> {
         if *self.io_mode.lock().expect("lock") == IoMode::Down {
             return Ok(());
         }
@@ -1361,6 +1377,7 @@ impl Inner {
             request_id: req.request_id.clone(),
             client_id: req.client_id.clone(),
             at: SystemTime::now(),
+            arrived,
         });
         respond(Response {
             request_id: req.request_id.clone(),

@@ -67,13 +67,91 @@ recorder's own defaults apply to every key left unset in values.
 {{- if $out }}{{ toYaml $out }}{{ end }}
 {{- end }}
 
-{{/* The recorder's config file, from .Values.config. */}}
+{{/* service or egress: which protocol the pods speak to livekit-server. */}}
+{{- define "livekit-recorder.mode" -}}
+{{- $mode := toString (.Values.mode | default "service") }}
+{{- if not (has $mode (list "service" "egress")) }}
+{{- fail (printf "mode must be service or egress, not %q" $mode) }}
+{{- end }}
+{{- $mode }}
+{{- end }}
+
+{{/* Config keys only the egress worker reads (besides file_output.local_dir): left out in service mode. */}}
+{{- define "livekit-recorder.egressKeys" -}}
+max_duration template_base cluster_id cpu_cost s3 azure session_limits enable_chrome_sandbox io_update_egress_info
+{{- end }}
+
+{{/*
+The recorder's config file, from .Values.config. Service mode: without the egress-only keys, so it
+is the config service mode always had. Egress mode: egress's s3 / azure only when their bucket /
+container is set (an s3 map with only force_path_style would name a storage without a bucket).
+*/}}
 {{- define "livekit-recorder.config" -}}
-{{- $c := .Values.config }}
+{{- $c := deepCopy .Values.config }}
 {{- if and $c.file_output.s3.bucket $c.file_output.azblob.container_name }}
 {{- fail "config.file_output: set only one of s3.bucket and azblob.container_name" }}
 {{- end }}
+{{- if eq (include "livekit-recorder.mode" .) "egress" }}
+{{- $s3 := dig "s3" "bucket" "" $c }}
+{{- $azure := dig "azure" "container_name" "" $c }}
+{{- if and $s3 $azure }}
+{{- fail "config: set only one of s3.bucket and azure.container_name (egress storage)" }}
+{{- end }}
+{{- if not $s3 }}{{ $_ := unset $c "s3" }}{{ end }}
+{{- if not $azure }}{{ $_ := unset $c "azure" }}{{ end }}
+{{- else }}
+{{- range splitList " " (include "livekit-recorder.egressKeys" .) }}
+{{- $_ := unset $c . }}
+{{- end }}
+{{- if kindIs "map" $c.file_output }}{{ $_ := unset $c.file_output "local_dir" }}{{ end }}
+{{- end }}
 {{- include "livekit-recorder.prune" $c }}
+{{- end }}
+
+{{/*
+Egress mode: the whole cores the worker counts, i.e. resources.limits.cpu rounded down (the cgroup
+quota, as the recorder reads it); empty without a CPU limit (the worker then counts the node's).
+*/}}
+{{- define "livekit-recorder.limitCores" -}}
+{{- $limit := toString (dig "limits" "cpu" "" (.Values.resources | default dict)) }}
+{{- if $limit }}
+{{- if hasSuffix "m" $limit }}
+{{- div (int64 (trimSuffix "m" $limit)) 1000 }}
+{{- else }}
+{{- int64 (floor (float64 $limit)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Egress mode: refuse a CPU limit with room for no web or room-composite egress at all. */}}
+{{- define "livekit-recorder.checkCpu" -}}
+{{- $cores := include "livekit-recorder.limitCores" . }}
+{{- if $cores }}
+{{- $cc := .Values.config.cpu_cost | default dict }}
+{{- $util := float64 ($cc.max_cpu_utilization | default 0.8) }}
+{{- $room := mulf (float64 $cores) $util }}
+{{- range $kind := list "room_composite" "web" }}
+{{- $cost := float64 ((index $cc (printf "%s_cpu_cost" $kind)) | default 2) }}
+{{- if lt $room $cost }}
+{{- fail (printf "config.cpu_cost.%s_cpu_cost (%v) is more than resources.limits.cpu (%v whole cores) x cpu_cost.max_cpu_utilization (%v) = %v: the egress worker would never take a %s egress. Raise limits.cpu (rule: requests.cpu = cost x egresses per pod; limits.cpu x max_cpu_utilization >= that)" $kind $cost $cores $util $room $kind) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+terminationGracePeriodSeconds. Egress mode: at least config.max_duration + 600, so that SIGTERM
+lets an egress of the longest allowed length finish and upload before SIGKILL.
+*/}}
+{{- define "livekit-recorder.grace" -}}
+{{- $grace := int64 .Values.terminationGracePeriodSeconds }}
+{{- if eq (include "livekit-recorder.mode" .) "egress" }}
+{{- $max := int64 (.Values.config.max_duration | default 0) }}
+{{- if gt $max 0 }}
+{{- $grace = max $grace (add $max 600) }}
+{{- end }}
+{{- end }}
+{{- $grace }}
 {{- end }}
 
 {{/* The health port the probes use; the probes cannot work with the health server off. */}}
