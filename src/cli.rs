@@ -27,15 +27,14 @@ pub struct Args {
     )]
     pub service_mode: bool,
     /// Run as an egress worker of livekit-server v1.5.1 and later (psrpc over Redis)
-    /// (EGRESS_MODE=1/true/yes/on).
+    /// (EGRESS_MODE=1/true/yes/on). Wins over SERVICE_MODE, which the container image sets.
     #[arg(
         long,
         env = "EGRESS_MODE",
         value_parser = clap::builder::BoolishValueParser::new(),
         num_args = 0..=1,
         default_value = "false",
-        default_missing_value = "true",
-        conflicts_with = "service_mode"
+        default_missing_value = "true"
     )]
     pub egress_mode: bool,
     /// YAML config file.
@@ -124,21 +123,21 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let code = if args.service_mode {
-        let config = Arc::new(config);
-        runtime.block_on(crate::service::run_with_signals(
-            config.health_port,
-            signals,
-            root,
-            |shutdown, status| crate::service::run(config, uploader, shutdown, status),
-        ))
-    } else if args.egress_mode {
+    let code = if args.egress_mode {
         let config = Arc::new(config);
         runtime.block_on(crate::service::run_with_signals(
             config.health_port,
             signals,
             root,
             |shutdown, status| crate::egress::run(config, shutdown, status),
+        ))
+    } else if args.service_mode {
+        let config = Arc::new(config);
+        runtime.block_on(crate::service::run_with_signals(
+            config.health_port,
+            signals,
+            root,
+            |shutdown, status| crate::service::run(config, uploader, shutdown, status),
         ))
     } else {
         runtime.block_on(run_standalone(&args, config, uploader, signals, root))
@@ -252,9 +251,8 @@ mod tests {
         let parse = |args: &[&str]| Args::try_parse_from(args.iter().copied());
         assert!(parse(&["r", "--egress-mode"]).unwrap().egress_mode);
         assert!(!parse(&["r"]).unwrap().egress_mode);
-        assert!(
-            parse(&["r", "--egress-mode", "--service-mode"]).is_err(),
-            "one protocol per process"
-        );
+        // The image sets SERVICE_MODE=1; EGRESS_MODE picks the egress worker over it.
+        let both = parse(&["r", "--egress-mode", "--service-mode"]).unwrap();
+        assert!(both.egress_mode && both.service_mode);
     }
 }
