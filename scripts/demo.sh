@@ -13,14 +13,23 @@ for _ in $(seq 50); do curl -fsS "http://127.0.0.1:$port/" >/dev/null 2>&1 && br
 
 export LIVEKIT_RECORDER_CONFIG='file_output: {local: true}'
 export RECORDING_REQUEST="{\"url\": \"http://127.0.0.1:$port/\", \"filepath\": \"out/demo.mp4\", \"options\": {\"preset\": \"HD_30\"}}"
-echo "recording http://127.0.0.1:$port/ for ${seconds}s to out/demo.mp4 ..." >&2
-"$bin" &
+rm -f out/demo.mp4
+log=out/demo.log
+echo "recording http://127.0.0.1:$port/ for ${seconds}s to out/demo.mp4 (log: $log) ..." >&2
+"$bin" 2>"$log" &
 rec=$!
+# The seconds count from the first frame: wait until the recorder says it is recording.
+for _ in $(seq 300); do
+  grep -q "recording id=" "$log" && break
+  kill -0 "$rec" 2>/dev/null || break
+  sleep 0.1
+done
 sleep "$seconds"
-kill -TERM "$rec"
+kill -TERM "$rec" 2>/dev/null || true
 status=0
 wait "$rec" || status=$?
 if [ "$status" -ne 0 ]; then
+  cat "$log" >&2
   echo "the recorder failed (exit $status)" >&2
   exit "$status"
 fi

@@ -246,8 +246,8 @@ async fn first_page(cdp: &mut CdpBrowser) -> Result<Page, BrowserError> {
     Ok(page)
 }
 
-/// The command-line flags: the original recorder's (protocol.md §4.5), the ones a closed network
-/// needs, and our DevTools and profile settings.
+/// The command-line flags: the original recorder's, the ones a closed network needs, and our
+/// DevTools and profile settings.
 fn flags(opts: &BrowserOptions, profile: &Path) -> Vec<String> {
     let mut f: Vec<String> = [
         "--no-first-run",

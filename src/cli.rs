@@ -9,6 +9,8 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config};
+use crate::health::Status;
+use crate::signals::Shutdown;
 use crate::{request, standalone};
 
 /// Records web pages and LiveKit rooms to MP4 files or RTMP streams.
@@ -125,7 +127,7 @@ pub fn main() -> ExitCode {
     };
     let code = if args.egress_mode {
         let config = Arc::new(config);
-        runtime.block_on(crate::service::run_with_signals(
+        runtime.block_on(run_with_signals(
             config.health_port,
             signals,
             root,
@@ -133,7 +135,7 @@ pub fn main() -> ExitCode {
         ))
     } else if args.service_mode {
         let config = Arc::new(config);
-        runtime.block_on(crate::service::run_with_signals(
+        runtime.block_on(run_with_signals(
             config.health_port,
             signals,
             root,
@@ -145,6 +147,55 @@ pub fn main() -> ExitCode {
     // Anything still running (a stuck reader) must not keep the process up.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     code
+}
+
+/// Runs a front-end (`serve`: the legacy service or the egress worker) with the health port
+/// and the stop signals until it returns; the exit code for the process.
+async fn run_with_signals<F, Fut, E>(
+    health_port: u16,
+    signals: crate::signals::StopSignals,
+    root: CancellationToken,
+    serve: F,
+) -> ExitCode
+where
+    F: FnOnce(Shutdown, tokio::sync::watch::Sender<Status>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let shutdown = Shutdown::new(&root);
+    let signals = tokio::spawn(crate::signals::escalate(signals, shutdown.clone()));
+    let (status_tx, status_rx) = tokio::sync::watch::channel(Status::Starting);
+    let health_stop = CancellationToken::new();
+    let health = if health_port != 0 {
+        match crate::health::bind(health_port).await {
+            Ok(listener) => Some(tokio::spawn(crate::health::serve(
+                listener,
+                status_rx,
+                health_stop.clone(),
+            ))),
+            Err(source) => {
+                eprintln!(
+                    "livekit-recorder: could not serve health on port {health_port}: {source}"
+                );
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        None
+    };
+    let result = serve(shutdown, status_tx).await;
+    signals.abort();
+    health_stop.cancel();
+    if let Some(h) = health {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), h).await;
+    }
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("livekit-recorder: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn serve_templates(listen: std::net::SocketAddr) -> ExitCode {
@@ -215,8 +266,11 @@ async fn run_standalone(
 fn init_tracing(config: &Config) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        // chromiumoxide's handler logs protocol noise as WARN/ERROR: CDP events newer than the
+        // crate knows ("WS Invalid message"), and the socket reset when Chromium exits on
+        // Browser.close. A lost DevTools connection is reported by the recorder itself.
         EnvFilter::new(format!(
-            "{},chromiumoxide=warn,tungstenite=warn",
+            "{},chromiumoxide=warn,chromiumoxide::handler=off,tungstenite=warn",
             config.tracing_level()
         ))
     });

@@ -8,7 +8,33 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::service::Status;
+/// The recorder's state, as the health endpoint shows it (both Redis front-ends).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Starting,
+    Available,
+    Reserved,
+    Recording,
+    Stopping,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Available => "available",
+            Self::Reserved => "reserved",
+            Self::Recording => "recording",
+            Self::Stopping => "stopping",
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Serves `status` on `listener` until `shutdown` is cancelled.
 pub async fn serve(

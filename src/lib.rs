@@ -14,25 +14,25 @@
 //! livekit-server v0.15-v1.1 over Redis; [`egress`] mode is a recording worker of
 //! livekit-server v1.5.1 and later, over [`psrpc`] on the same Redis.
 
-pub mod audio;
-pub mod browser;
-pub mod bus;
+pub(crate) mod audio;
+pub(crate) mod browser;
+pub(crate) mod bus;
 pub mod cli;
 pub mod config;
-pub mod display;
-pub mod egress;
-pub mod health;
-pub mod options;
-pub mod pipeline;
-pub mod process;
+pub(crate) mod display;
+pub(crate) mod egress;
+pub(crate) mod health;
+pub(crate) mod options;
+pub(crate) mod pipeline;
+pub(crate) mod process;
 pub mod proto;
 pub mod psrpc;
 pub mod request;
-pub mod service;
-pub mod session;
-pub mod signals;
-pub mod standalone;
-pub mod template;
-pub mod templates;
+pub(crate) mod service;
+pub(crate) mod session;
+pub(crate) mod signals;
+pub(crate) mod standalone;
+pub(crate) mod template;
+pub(crate) mod templates;
 pub mod upload;
 pub mod util;

@@ -149,6 +149,7 @@ impl Child {
     }
 
     /// Whether any process of the group is still running.
+    #[cfg(test)]
     pub fn group_alive(&self) -> bool {
         !self.gone && group_running(self.pgid)
     }

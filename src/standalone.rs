@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::proto::livekit::StartRecordingRequest;
 use crate::request;
 use crate::session::{SessionContext, SessionHandle};
-use crate::signals::StopSignals;
+use crate::signals::{Shutdown, StopSignals};
 use crate::upload::Uploader;
 
 /// The recording id in standalone mode, as in the original.
@@ -59,44 +59,42 @@ pub async fn run(
     config: Arc<Config>,
     uploader: Option<Arc<Uploader>>,
     req: StartRecordingRequest,
-    mut signals: StopSignals,
+    signals: StopSignals,
     root: CancellationToken,
 ) -> Outcome {
     let spec = match request::validate(STANDALONE_ID, &req, &config) {
         Ok(s) => s,
         Err(e) => return Outcome::failed(e.to_string()),
     };
-    let force = root.child_token();
+    let builtin_templates = match &spec.input {
+        request::Input::Template { base_url, .. } => {
+            crate::templates::start_if_needed(base_url).await
+        }
+        _ => None,
+    };
+    let shutdown = Shutdown::new(&root);
     let mut session = SessionHandle::spawn(
         spec,
         SessionContext {
             config,
             uploader,
-            force: force.clone(),
+            force: shutdown.force.clone(),
             events: None,
+            builtin_templates,
         },
     );
+    let signals = tokio::spawn(crate::signals::escalate(signals, shutdown.clone()));
+    // The first signal finishes the recording; a second one forces it (see signals::escalate).
     let stopper = session.commands();
-    let signals = tokio::spawn(async move {
-        let mut count = 0;
-        loop {
-            tokio::select! {
-                _ = signals.recv() => {}
-                () = force.cancelled() => return,
-            }
-            count += 1;
-            if count == 1 {
-                tracing::info!("signal received: finishing the recording (signal again to force)");
-                let _ = stopper.send(crate::session::Command::Stop).await;
-            } else {
-                tracing::warn!("second signal: forcing the recorder down");
-                force.cancel();
-                return;
-            }
-        }
+    let drain = shutdown.drain.clone();
+    let stop = tokio::spawn(async move {
+        drain.cancelled().await;
+        tracing::info!("signal received: finishing the recording (signal again to force)");
+        let _ = stopper.send(crate::session::Command::Stop).await;
     });
     let result = session.wait().await;
     signals.abort();
+    stop.abort();
     let info = crate::service::recording_info(&result);
     Outcome {
         id: info.id,

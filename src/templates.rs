@@ -34,6 +34,21 @@ pub async fn base_url() -> Result<String, TemplatesError> {
     Ok(format!("http://{}/#", server_addr().await?))
 }
 
+/// Starts the template server when this binary has templates and `configured` (the config's
+/// template address) leaves the built-in ones in use: the legacy base, or `None`.
+pub async fn start_if_needed(configured: &str) -> Option<String> {
+    if !configured.is_empty() || !built() {
+        return None;
+    }
+    match base_url().await {
+        Ok(base) => Some(base),
+        Err(e) => {
+            tracing::warn!(error = %e, "built-in templates unavailable");
+            None
+        }
+    }
+}
+
 /// The egress page (`http://127.0.0.1:<port>/egress.html`) on the same server as [`base_url`]:
 /// livekit egress's room composite form, the base plus the query `layout`, `token`, `url`
 /// (added as Go's `url.Values.Encode` does). The page follows layout changes made through the

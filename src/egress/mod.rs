@@ -24,15 +24,16 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::health::Status;
 use crate::psrpc::proto::rpc::{ListActiveEgressResponse, StartEgressRequest};
 use crate::psrpc::{
     method::IO_INFO, ErrorCode, Incoming, Psrpc, PsrpcError, RpcError, LIST_ACTIVE_EGRESS,
     START_EGRESS, STOP_EGRESS, UPDATE_STREAM,
 };
-use crate::service::{Shutdown, Status};
 use crate::session::{
     Command, OutputError, SessionContext, SessionEvent, SessionHandle, SessionResult,
 };
+use crate::signals::Shutdown;
 use info::Tracker;
 use request::{Kind, Refusal};
 
@@ -374,7 +375,7 @@ impl Worker {
                 format!("egress {id} already exists"),
             ));
         }
-        let kind = self.admission(req)?;
+        self.admission(req)?;
         let job = request::validate(
             req,
             &request::Context {
@@ -414,6 +415,7 @@ impl Worker {
                 uploader: job.uploader.clone(),
                 force: self.force.child_token(),
                 events: Some(ev_tx),
+                builtin_templates: None,
             },
         );
         let commands = session.commands();
@@ -436,14 +438,14 @@ impl Worker {
                 result: Box::new(result),
             });
         });
-        tracing::info!(egress_id = %id, kind = ?kind, room = %info.room_name, "egress starting");
+        tracing::info!(egress_id = %id, kind = ?job.kind, room = %info.room_name, "egress starting");
         self.egresses.insert(
             id,
             Egress {
                 tracker: Tracker::new(info.clone()),
                 reporter,
                 commands,
-                cost: self.cost(kind),
+                cost: self.cost(job.kind),
                 rtmp: job.spec.output.rtmp.clone(),
             },
         );

@@ -48,7 +48,6 @@ fn unsupported(msg: impl Into<String>) -> Refusal {
 
 /// A request this worker will record, ready to start.
 pub struct EgressJob {
-    pub egress_id: String,
     pub kind: Kind,
     /// The first info: STARTING, the request copied in with its secrets redacted.
     pub info: EgressInfo,
@@ -294,7 +293,6 @@ pub fn validate(req: &StartEgressRequest, ctx: &Context<'_>) -> Result<EgressJob
         ..Default::default()
     };
     Ok(EgressJob {
-        egress_id: req.egress_id.clone(),
         kind,
         info,
         spec: RecordingSpec {

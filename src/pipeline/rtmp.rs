@@ -15,7 +15,7 @@ use gstreamer::prelude::*;
 
 use super::{make, queue, PipelineError, QUEUE_TIME};
 
-/// The original's error texts (protocol.md §4.7).
+/// The original recorder's error texts, word for word.
 pub const ALREADY_EXISTS: &str = "output already exists";
 pub const NOT_FOUND: &str = "output not found";
 

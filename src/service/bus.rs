@@ -1,4 +1,4 @@
-//! The recorder protocol's channel names (protocol.md §1.4-1.6). The Redis connection, its
+//! The recorder protocol's channel names. The Redis connection, its
 //! subscriptions and the claim race are the shared [`crate::bus`].
 
 pub use crate::bus::{Bus, BusError, Event, Message};

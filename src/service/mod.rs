@@ -1,4 +1,5 @@
-//! Service mode: recordings taken from livekit-server over Redis (protocol.md §1).
+//! Service mode: recordings taken from livekit-server v0.15.2 - v1.1.0 over Redis, in the
+//! original recorder's protocol.
 //!
 //! One task owns the state (`available` -> `reserved` -> `recording` -> `stopping` ->
 //! `available`) and reacts to what arrives: reservations (claimed only while available),
@@ -8,22 +9,21 @@
 
 pub mod bus;
 
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message as _;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::health::Status;
 use crate::proto::livekit::{
     recording_request, FileResult, RecordingInfo, RecordingRequest, RecordingReservation,
     RecordingResponse, RtmpResult,
 };
 use crate::session::{Command, OutputError, SessionContext, SessionHandle, SessionResult};
-use crate::signals::{StopSignal, StopSignals};
+use crate::signals::Shutdown;
 use crate::upload::Uploader;
 use bus::{Bus, BusError, Event, RESERVATION_CHANNEL, RESULT_CHANNEL};
 
@@ -36,108 +36,10 @@ const OUTPUT_RPC_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long results may wait for Redis when the service exits.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The service's state, as the health endpoint shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Starting,
-    Available,
-    Reserved,
-    Recording,
-    Stopping,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Starting => "starting",
-            Self::Available => "available",
-            Self::Reserved => "reserved",
-            Self::Recording => "recording",
-            Self::Stopping => "stopping",
-        }
-    }
-}
-
-impl std::fmt::Display for Status {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error(transparent)]
     Bus(#[from] BusError),
-    #[error("could not serve health on port {port}: {source}")]
-    Health { port: u16, source: std::io::Error },
-}
-
-/// How the service is asked to end.
-#[derive(Debug, Clone, Default)]
-pub struct Shutdown {
-    /// SIGTERM/SIGQUIT: take nothing new, let the current recording finish, then exit.
-    pub drain: CancellationToken,
-    /// SIGINT: end the current recording now (EOS), publish its result, then exit.
-    pub stop_now: CancellationToken,
-    /// A second signal: force the current recording down and exit.
-    pub force: CancellationToken,
-}
-
-/// Runs a front-end (`serve`: the legacy service or the egress worker) with the health port
-/// and the stop signals until it returns; the exit code for the process.
-pub async fn run_with_signals<F, Fut, E>(
-    health_port: u16,
-    signals: StopSignals,
-    root: CancellationToken,
-    serve: F,
-) -> ExitCode
-where
-    F: FnOnce(Shutdown, watch::Sender<Status>) -> Fut,
-    Fut: std::future::Future<Output = Result<(), E>>,
-    E: std::fmt::Display,
-{
-    let shutdown = Shutdown {
-        drain: CancellationToken::new(),
-        stop_now: CancellationToken::new(),
-        force: root,
-    };
-    let signals = tokio::spawn(watch_signals(signals, shutdown.clone()));
-    let (status_tx, status_rx) = watch::channel(Status::Starting);
-    let health_stop = CancellationToken::new();
-    let health = if health_port != 0 {
-        match crate::health::bind(health_port).await {
-            Ok(listener) => Some(tokio::spawn(crate::health::serve(
-                listener,
-                status_rx,
-                health_stop.clone(),
-            ))),
-            Err(source) => {
-                eprintln!(
-                    "livekit-recorder: {}",
-                    ServiceError::Health {
-                        port: health_port,
-                        source
-                    }
-                );
-                return ExitCode::from(2);
-            }
-        }
-    } else {
-        None
-    };
-    let result = serve(shutdown, status_tx).await;
-    signals.abort();
-    health_stop.cancel();
-    if let Some(h) = health {
-        let _ = tokio::time::timeout(Duration::from_secs(2), h).await;
-    }
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("livekit-recorder: {e}");
-            ExitCode::from(1)
-        }
-    }
 }
 
 /// The result as livekit-server v0.15-v1.1 expects it: whole seconds, `download_url` only for
@@ -165,28 +67,6 @@ pub fn recording_info(r: &SessionResult) -> RecordingInfo {
             })
             .collect(),
         ..Default::default()
-    }
-}
-
-async fn watch_signals(mut signals: StopSignals, shutdown: Shutdown) {
-    let mut seen = 0;
-    loop {
-        let kind = signals.recv().await;
-        seen += 1;
-        if seen > 1 {
-            tracing::warn!("second signal: forcing the recorder down");
-            shutdown.force.cancel();
-            return;
-        }
-        if kind == StopSignal::Interrupt {
-            tracing::info!("SIGINT: ending the current recording now, then exiting");
-            shutdown.stop_now.cancel();
-        } else {
-            tracing::info!(
-                "SIGTERM: taking no new recordings; exiting once the current one is done"
-            );
-        }
-        shutdown.drain.cancel();
     }
 }
 
@@ -220,6 +100,8 @@ struct Service {
     shutdown: Shutdown,
     /// Whether we are (believed to be) subscribed to reservations.
     taking_reservations: bool,
+    /// The built-in templates' base, when requests may use them.
+    builtin_templates: Option<String>,
 }
 
 /// Runs the service: connects, takes recordings until `shutdown` says otherwise, and returns
@@ -243,7 +125,9 @@ pub async fn run(
         outbox,
         shutdown: shutdown.clone(),
         taking_reservations: false,
+        builtin_templates: None,
     };
+    svc.builtin_templates = crate::templates::start_if_needed(&svc.config.template_address).await;
     svc.become_available().await;
     tracing::info!("service ready");
 
@@ -491,6 +375,7 @@ impl Service {
                                     uploader: self.uploader.clone(),
                                     force: self.shutdown.force.child_token(),
                                     events: None,
+                                    builtin_templates: self.builtin_templates.clone(),
                                 },
                             );
                             self.job = Some(Job::Recording {

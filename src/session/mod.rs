@@ -176,6 +176,9 @@ pub struct SessionContext {
     pub force: CancellationToken,
     /// Where [`SessionEvent`]s go, if anyone listens.
     pub events: Option<mpsc::UnboundedSender<SessionEvent>>,
+    /// The built-in templates' base (legacy form), started by the mode that needs them; `None`
+    /// when this binary has none.
+    pub builtin_templates: Option<String>,
 }
 
 impl SessionContext {

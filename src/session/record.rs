@@ -191,7 +191,7 @@ impl Recording<'_> {
     }
 
     /// The page's address: built by the front-end, or the legacy template form.
-    async fn page_url(&self) -> Result<String, SessionError> {
+    fn page_url(&self) -> Result<String, SessionError> {
         Ok(match &self.spec.input {
             Input::Url(u) | Input::Page { url: u, .. } => u.clone(),
             Input::Template {
@@ -204,7 +204,10 @@ impl Recording<'_> {
                 let token =
                     template::token(&config.api_key, &config.api_secret, room_name, &identity)?;
                 let base = if base_url.is_empty() {
-                    crate::templates::base_url().await?
+                    self.ctx
+                        .builtin_templates
+                        .clone()
+                        .ok_or(crate::templates::TemplatesError::NotBuilt)?
                 } else {
                     base_url.clone()
                 };
@@ -215,7 +218,7 @@ impl Recording<'_> {
 
     /// Starts the servers and the browser, loads the page and builds the pipeline.
     async fn start(&mut self) -> Result<Console, SessionError> {
-        let url = self.page_url().await?;
+        let url = self.page_url()?;
         let markers = self.markers();
         let o = self.spec.options;
         let config = &self.ctx.config;
