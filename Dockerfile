@@ -69,14 +69,17 @@ ENV SERVICE_MODE=1 \
     HOME=/home/recorder
 
 USER ${RECORDER_UID}:${RECORDER_UID}
-WORKDIR /var/lib/livekit-recorder
+# The working directory is file_output.local_dir's default: service and egress modes write local
+# files under /out only (a request's filepath resolves under it; `..` and paths outside it are
+# refused, existing files are never overwritten). Mount a volume there to keep them.
+WORKDIR /out
 
 EXPOSE 8080
 
 # The health server answers 200 with the bare status text (starting|available|reserved|recording|
 # stopping) on any path.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-  CMD ["/bin/sh", "-c", "[ \"${HEALTH_PORT}\" = 0 ] || curl -fsS -o /dev/null \"http://127.0.0.1:${HEALTH_PORT}/\" || exit 1"]
+  CMD ["/bin/sh", "-c", "[ \"${HEALTH_PORT}\" = 0 ] || curl -fsS -o /dev/null \"http://127.0.0.1:${HEALTH_PORT}/healthz\" || exit 1"]
 
 # SIGTERM (docker stop, Kubernetes pod deletion) is the graceful stop: the recording in progress is
 # allowed to finish (an End RPC, or the page logging END_RECORDING), its result is published, and the

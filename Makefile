@@ -2,7 +2,7 @@
 # every test. Both install missing system packages first (deploy/install-deps.sh).
 CARGO ?= cargo
 
-.PHONY: all deps web build release demo test test-unit test-integration test-web test-packaging lint fmt bench clean
+.PHONY: all deps web build release demo test test-unit test-integration test-web test-packaging lint fmt bench fuzz clean
 
 all: build
 
@@ -49,6 +49,12 @@ test-web: web
 
 test-packaging:
 	bash tests/packaging.sh
+
+# The fuzz targets of src/fuzz.rs (request JSON, config YAML, every protobuf read from Redis) at
+# FUZZ_CASES per target; `make test` runs them at 1000 each with the unit tests.
+FUZZ_CASES ?= 200000
+fuzz:
+	FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --locked --lib fuzz:: -- --test-threads=2
 
 bench: deps web
 	bash scripts/bench.sh

@@ -211,14 +211,16 @@ async fn kick_sink(server: String, mut flowing: tokio::sync::watch::Receiver<boo
             return;
         }
         for suspend in ["1", "0"] {
-            let run = tokio::process::Command::new("pactl")
+            let mut pactl = tokio::process::Command::new("pactl");
+            pactl
                 .arg("-s")
                 .arg(&server)
                 .args(["suspend-sink", SINK, suspend])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .status();
+                .kill_on_drop(true);
+            crate::process::clean_env(&mut pactl);
+            let run = pactl.status();
             if let Err(e) = tokio::time::timeout(Duration::from_secs(2), run).await {
                 tracing::debug!(error = %e, "pactl suspend-sink timed out");
             }

@@ -152,19 +152,21 @@ fn message(data: &[Value]) -> Option<Message> {
     }
 }
 
-/// `address` as `host:port` or a `redis://` / `rediss://` URL; username, password and db from
-/// the config win over the URL's. Always RESP3 (push messages carry the subscriptions).
+/// Where Redis is when `redis.address` is empty, as in the original (go-redis's default).
+pub const DEFAULT_ADDRESS: &str = "localhost:6379";
+
+/// `address` as `host:port` or a `redis://` / `rediss://` URL (empty = [`DEFAULT_ADDRESS`]);
+/// username, password and db from the config win over the URL's. Always RESP3 (push messages
+/// carry the subscriptions).
 pub fn connection_info(cfg: &RedisConfig) -> Result<redis::ConnectionInfo, BusError> {
-    if cfg.address.is_empty() {
-        return Err(BusError::Address {
-            address: String::new(),
-            message: "redis.address is required in service mode".into(),
-        });
-    }
-    let url = if cfg.address.contains("://") {
-        cfg.address.clone()
+    let address = match cfg.address.trim() {
+        "" => DEFAULT_ADDRESS,
+        a => a,
+    };
+    let url = if address.contains("://") {
+        address.to_owned()
     } else {
-        format!("redis://{}", cfg.address)
+        format!("redis://{address}")
     };
     let info = url
         .as_str()
@@ -219,7 +221,12 @@ mod tests {
         let b = connection_info(&cfg("redis://other:7000/5")).unwrap();
         assert_eq!(b.addr().to_string(), "other:7000");
         assert_eq!(b.redis_settings().db(), 2, "the config's db wins");
-        assert!(connection_info(&RedisConfig::default()).is_err());
+        let default = connection_info(&RedisConfig::default()).unwrap();
+        assert_eq!(
+            default.addr().to_string(),
+            "localhost:6379",
+            "empty = the original's default"
+        );
         assert!(connection_info(&cfg("mysql://x")).is_err());
     }
 }

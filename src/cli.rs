@@ -9,7 +9,6 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config};
-use crate::health::Status;
 use crate::signals::Shutdown;
 use crate::{request, standalone};
 
@@ -88,7 +87,10 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let config = loaded.config;
+    let mut config = loaded.config;
+    if args.egress_mode {
+        credentials_from_env(&mut config, |k| std::env::var(k).ok());
+    }
     let uploader = match crate::upload::Uploader::from_config(&config.file_output) {
         Ok(u) => u.map(Arc::new),
         Err(e) => {
@@ -158,19 +160,19 @@ async fn run_with_signals<F, Fut, E>(
     serve: F,
 ) -> ExitCode
 where
-    F: FnOnce(Shutdown, tokio::sync::watch::Sender<Status>) -> Fut,
+    F: FnOnce(Shutdown, crate::health::Probe) -> Fut,
     Fut: std::future::Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
     let shutdown = Shutdown::new(&root);
     let signals = tokio::spawn(crate::signals::escalate(signals, shutdown.clone()));
-    let (status_tx, status_rx) = tokio::sync::watch::channel(Status::Starting);
+    let probe = crate::health::Probe::new();
     let health_stop = CancellationToken::new();
     let health = if health_port != 0 {
         match crate::health::bind(health_port).await {
             Ok(listener) => Some(tokio::spawn(crate::health::serve(
                 listener,
-                status_rx,
+                probe.clone(),
                 health_stop.clone(),
             ))),
             Err(source) => {
@@ -183,7 +185,7 @@ where
     } else {
         None
     };
-    let result = serve(shutdown, status_tx).await;
+    let result = serve(shutdown, probe).await;
     signals.abort();
     health_stop.cancel();
     if let Some(h) = health {
@@ -194,6 +196,22 @@ where
         Err(e) => {
             eprintln!("livekit-recorder: {e}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// As livekit/egress: `LIVEKIT_API_KEY`, `LIVEKIT_API_SECRET` and `LIVEKIT_WS_URL` fill the
+/// keys the config leaves empty.
+fn credentials_from_env(config: &mut Config, var: impl Fn(&str) -> Option<String>) {
+    for (field, name) in [
+        (&mut config.api_key, "LIVEKIT_API_KEY"),
+        (&mut config.api_secret, "LIVEKIT_API_SECRET"),
+        (&mut config.ws_url, "LIVEKIT_WS_URL"),
+    ] {
+        if field.is_empty() {
+            if let Some(v) = var(name).filter(|v| !v.is_empty()) {
+                *field = v;
+            }
         }
     }
 }
@@ -298,6 +316,21 @@ mod tests {
         assert!(!parse(&["r", "--service-mode", "0"]).unwrap().service_mode);
         assert!(!parse(&["r"]).unwrap().service_mode);
         assert!(parse(&["r", "--service-mode", "maybe"]).is_err());
+    }
+
+    #[test]
+    fn egress_credentials_come_from_the_environment_when_the_config_has_none() {
+        let mut c = Config {
+            api_key: "from-config".into(),
+            ..Config::default()
+        };
+        credentials_from_env(&mut c, |k| Some(format!("env-{k}")));
+        assert_eq!(c.api_key, "from-config", "the config wins");
+        assert_eq!(c.api_secret, "env-LIVEKIT_API_SECRET");
+        assert_eq!(c.ws_url, "env-LIVEKIT_WS_URL");
+        let mut c = Config::default();
+        credentials_from_env(&mut c, |_| Some(String::new()));
+        assert!(c.api_secret.is_empty(), "an empty variable fills nothing");
     }
 
     #[test]

@@ -34,8 +34,9 @@ pub enum ConfigError {
     Invalid { key: &'static str, problem: String },
 }
 
-/// The whole configuration, as read from YAML, with defaults filled in.
-#[derive(Debug, Clone, Deserialize)]
+/// The whole configuration, as read from YAML, with defaults filled in. Its `Debug` prints no
+/// secret (api secret, Redis password, storage keys).
+#[derive(Clone, Deserialize)]
 #[serde(default)]
 pub struct Config {
     /// LiveKit API key, signs the template token.
@@ -66,6 +67,13 @@ pub struct Config {
     pub chromium_path: String,
     /// Seconds after which any recording ends by itself (cleanly, "limit reached"); 0 = none.
     pub max_duration: u64,
+    /// What ends a recording whose browser or display stopped working.
+    pub watchdog: WatchdogConfig,
+    /// Networks (CIDRs) that pages may not reach, besides link-local and cloud-metadata
+    /// addresses, which are always refused (see `crate::policy`).
+    pub deny_networks: Vec<crate::policy::Network>,
+    /// Run Chromium with its sandbox (user namespaces); needs a recorder that is not root.
+    pub chromium_sandbox: bool,
     // ---- Egress worker mode (livekit egress's own keys, same meaning) ----
     /// Room composite page base; empty = the recorder's built-in templates.
     pub template_base: String,
@@ -79,7 +87,7 @@ pub struct Config {
     pub azure: Option<AzureConfig>,
     /// Per-output limits on a recording's length (egress's `session_limits`).
     pub session_limits: SessionLimits,
-    /// Accepted for compatibility with egress configs; Chromium's sandbox is not supported yet.
+    /// livekit egress's name for `chromium_sandbox` (either turns the sandbox on).
     pub enable_chrome_sandbox: bool,
     /// Report with `IOInfo.UpdateEgressInfo` (livekit-server v1.4.2 - v1.5.0) instead of
     /// CreateEgress/UpdateEgress (v1.5.1 and later).
@@ -119,6 +127,46 @@ pub struct SessionLimits {
     pub file_output_max_duration: Option<Duration>,
     #[serde(deserialize_with = "deserialize_duration")]
     pub stream_output_max_duration: Option<Duration>,
+}
+
+/// `watchdog:` when a recording that no longer records ends (with a finished file and an error
+/// naming the cause). Seconds; 0 turns that check off.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct WatchdogConfig {
+    /// How often the page is asked to evaluate `1` over DevTools.
+    pub page_check_interval: u64,
+    /// How many checks in a row may go unanswered before the page counts as hung.
+    pub page_check_misses: u32,
+    /// How long the screen may deliver no video frame.
+    pub video_stall: u64,
+}
+
+impl Default for WatchdogConfig {
+    fn default() -> Self {
+        Self {
+            page_check_interval: 10,
+            page_check_misses: 3,
+            video_stall: 10,
+        }
+    }
+}
+
+impl WatchdogConfig {
+    /// The page check's interval and allowed misses; `None` when it is off.
+    pub fn page_check(&self) -> Option<(Duration, u32)> {
+        (self.page_check_interval > 0 && self.page_check_misses > 0).then(|| {
+            (
+                Duration::from_secs(self.page_check_interval),
+                self.page_check_misses,
+            )
+        })
+    }
+
+    /// How long without a video frame ends the recording; `None` when it is off.
+    pub fn video_stall(&self) -> Option<Duration> {
+        (self.video_stall > 0).then(|| Duration::from_secs(self.video_stall))
+    }
 }
 
 /// A Go duration string (`1h30m`, `45s`, `500ms`) or a number of seconds; 0 = none.
@@ -192,6 +240,9 @@ impl Default for Config {
             start_timeout: 0,
             chromium_path: String::new(),
             max_duration: 0,
+            watchdog: WatchdogConfig::default(),
+            deny_networks: Vec::new(),
+            chromium_sandbox: false,
             template_base: String::new(),
             cluster_id: String::new(),
             cpu_cost: CpuCostConfig::default(),
@@ -205,7 +256,7 @@ impl Default for Config {
 }
 
 /// `redis:`; `address` may also be a `redis://` or `rediss://` URL.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct RedisConfig {
     pub address: String,
@@ -222,15 +273,18 @@ pub struct FileOutputConfig {
     pub local: bool,
     /// Where files bound for an upload are written first; empty = the system temp dir.
     pub work_dir: String,
-    /// Egress mode: where local files go (request file paths resolve under it); empty = the
-    /// working directory.
+    /// Service and egress modes: where local files go (request file paths resolve under it,
+    /// absolute ones must lie in it); empty = the working directory. Standalone writes where its
+    /// request says.
     pub local_dir: String,
+    /// Put in front of every object key (`recordings/` -> `recordings/<filepath>`).
+    pub key_prefix: String,
     pub s3: Option<S3Config>,
     pub azblob: Option<AzureConfig>,
     pub gcp: Option<GcpConfig>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct S3Config {
     pub access_key: String,
@@ -244,7 +298,7 @@ pub struct S3Config {
     pub bucket: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct AzureConfig {
     pub account_name: String,
@@ -376,22 +430,37 @@ pub fn parse(yaml: &str) -> Result<Loaded, ConfigError> {
         config.file_output.local = true;
     }
     config.validate()?;
-    let warnings = unknown
+    let mut warnings: Vec<String> = unknown
         .into_iter()
         .map(|k| format!("unknown config key `{k}` ignored"))
         .collect();
+    if log_level(&config.log_level).is_none() {
+        warnings.push(format!(
+            "unknown log_level `{}`: using info (one of debug, info, warn, error, dpanic, panic, fatal)",
+            config.log_level
+        ));
+    }
     Ok(Loaded { config, warnings })
+}
+
+/// `log_level` as the original's logger read it (zap's level names, any case; empty = info),
+/// plus `warning` and `trace`: the level's canonical name, or `None` for an unknown level.
+fn log_level(level: &str) -> Option<&'static str> {
+    Some(match level.trim().to_ascii_lowercase().as_str() {
+        "trace" => "trace",
+        "debug" => "debug",
+        "" | "info" => "info",
+        "warn" | "warning" => "warn",
+        "error" => "error",
+        "dpanic" => "dpanic",
+        "panic" => "panic",
+        "fatal" => "fatal",
+        _ => return None,
+    })
 }
 
 impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
-        const LEVELS: [&str; 7] = ["trace", "debug", "info", "warn", "error", "fatal", "panic"];
-        if !LEVELS.contains(&self.log_level.to_ascii_lowercase().as_str()) {
-            return Err(ConfigError::Invalid {
-                key: "log_level",
-                problem: format!("`{}` is not one of {}", self.log_level, LEVELS.join(", ")),
-            });
-        }
         self.defaults
             .check()
             .map_err(|problem| ConfigError::Invalid {
@@ -420,7 +489,26 @@ impl Config {
                 }
             }
         }
+        if !self.file_output.key_prefix.is_empty() {
+            crate::policy::object_key(&self.file_output.key_prefix, "x").map_err(|e| {
+                ConfigError::Invalid {
+                    key: "file_output.key_prefix",
+                    problem: e.to_string(),
+                }
+            })?;
+        }
         Ok(())
+    }
+
+    /// Whether Chromium runs with its sandbox (`chromium_sandbox`, or egress's
+    /// `enable_chrome_sandbox`).
+    pub fn chromium_sandbox(&self) -> bool {
+        self.chromium_sandbox || self.enable_chrome_sandbox
+    }
+
+    /// The addresses pages may not reach: the defaults and `deny_networks`.
+    pub fn network_policy(&self) -> crate::policy::NetworkPolicy {
+        crate::policy::NetworkPolicy::new(&self.deny_networks)
     }
 
     /// How long any recording may last; `None` = until it is ended.
@@ -428,7 +516,7 @@ impl Config {
         (self.max_duration > 0).then(|| Duration::from_secs(self.max_duration))
     }
 
-    /// Egress mode: where local files go.
+    /// Service and egress modes: where local files go.
     pub fn local_dir(&self) -> PathBuf {
         if self.file_output.local_dir.is_empty() {
             PathBuf::from(".")
@@ -458,16 +546,16 @@ impl Config {
 
     /// The `GST_DEBUG` level the original derived from `log_level`.
     pub fn gst_debug_level(&self) -> &'static str {
-        match self.log_level.to_ascii_lowercase().as_str() {
+        match log_level(&self.log_level).unwrap_or("info") {
             "trace" | "debug" => "2",
             "info" | "warn" | "error" => "1",
             _ => "0",
         }
     }
 
-    /// The `tracing` filter directive for `log_level`.
+    /// The `tracing` filter directive for `log_level` (an unknown level is info).
     pub fn tracing_level(&self) -> &'static str {
-        match self.log_level.to_ascii_lowercase().as_str() {
+        match log_level(&self.log_level).unwrap_or("info") {
             "trace" => "trace",
             "debug" => "debug",
             "info" => "info",
@@ -477,9 +565,159 @@ impl Config {
     }
 }
 
+/// What a secret prints as: nothing when unset, a placeholder when set.
+fn secret(value: &str) -> &'static str {
+    if value.is_empty() {
+        ""
+    } else {
+        "{redacted}"
+    }
+}
+
+/// A Redis address without the `user:password@` a URL form may carry.
+fn address(value: &str) -> String {
+    match (value.find("://"), value.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            format!("{}{{redacted}}@{}", &value[..s + 3], &value[at + 1..])
+        }
+        _ => value.to_owned(),
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("api_key", &self.api_key)
+            .field("api_secret", &secret(&self.api_secret))
+            .field("ws_url", &self.ws_url)
+            .field("health_port", &self.health_port)
+            .field("log_level", &self.log_level)
+            .field("template_address", &self.template_address)
+            .field("insecure", &self.insecure)
+            .field("redis", &self.redis)
+            .field("file_output", &self.file_output)
+            .field("defaults", &self.defaults)
+            .field("reservation_timeout", &self.reservation_timeout)
+            .field("start_timeout", &self.start_timeout)
+            .field("chromium_path", &self.chromium_path)
+            .field("max_duration", &self.max_duration)
+            .field("watchdog", &self.watchdog)
+            .field("deny_networks", &self.deny_networks)
+            .field("chromium_sandbox", &self.chromium_sandbox)
+            .field("template_base", &self.template_base)
+            .field("cluster_id", &self.cluster_id)
+            .field("cpu_cost", &self.cpu_cost)
+            .field("s3", &self.s3)
+            .field("azure", &self.azure)
+            .field("session_limits", &self.session_limits)
+            .field("enable_chrome_sandbox", &self.enable_chrome_sandbox)
+            .field("io_update_egress_info", &self.io_update_egress_info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("address", &address(&self.address))
+            .field("username", &self.username)
+            .field("password", &secret(&self.password))
+            .field("db", &self.db)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("access_key", &secret(&self.access_key))
+            .field("secret", &secret(&self.secret))
+            .field("session_token", &secret(&self.session_token))
+            .field("force_path_style", &self.force_path_style)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("bucket", &self.bucket)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for AzureConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AzureConfig")
+            .field("account_name", &self.account_name)
+            .field("account_key", &secret(&self.account_key))
+            .field("container_name", &self.container_name)
+            .field("endpoint", &self.endpoint)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn configs_print_without_their_secrets() {
+        let yaml = r#"
+api_key: key
+api_secret: api-secret-value
+redis: {address: "redis://user:redis-url-pass@r:6379", password: redis-pass-value}
+file_output:
+  s3: {access_key: AKIA-ACCESS-VALUE, secret: s3-secret-value, session_token: s3-token-value, bucket: b}
+  key_prefix: recordings/
+azure: {account_name: n, account_key: azure-key-value, container_name: c}
+deny_networks: [10.0.0.0/8, "fd00::/8"]
+chromium_sandbox: true
+"#;
+        let c = parse(yaml).unwrap().config;
+        let shown = format!("{c:?} {c:#?} {:?}", c.file_output);
+        for secret in [
+            "api-secret-value",
+            "redis-url-pass",
+            "redis-pass-value",
+            "AKIA-ACCESS-VALUE",
+            "s3-secret-value",
+            "s3-token-value",
+            "azure-key-value",
+        ] {
+            assert!(!shown.contains(secret), "{secret} printed: {shown}");
+        }
+        assert!(
+            shown.contains("{redacted}") && shown.contains("api_key: \"key\""),
+            "{shown}"
+        );
+        assert!(shown.contains("redis://{redacted}@r:6379"), "{shown}");
+        assert_eq!(c.deny_networks.len(), 2);
+        assert!(c.chromium_sandbox());
+        assert_eq!(c.file_output.key_prefix, "recordings/");
+    }
+
+    #[test]
+    fn policy_keys_are_checked_and_sandbox_has_egress_s_alias() {
+        let e = parse("deny_networks: [10.0.0.0/33]")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("deny_networks") && e.contains("invalid network"),
+            "{e}"
+        );
+        let e = parse("file_output: {key_prefix: ../up}")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("file_output.key_prefix"), "{e}");
+        assert!(parse("enable_chrome_sandbox: true")
+            .unwrap()
+            .config
+            .chromium_sandbox());
+        assert!(!parse("").unwrap().config.chromium_sandbox());
+        let policy = parse("deny_networks: [127.0.0.2]")
+            .unwrap()
+            .config
+            .network_policy();
+        assert!(policy.check_ip("127.0.0.2".parse().unwrap()).is_err());
+        assert!(policy.check_ip("169.254.169.254".parse().unwrap()).is_err());
+        assert!(policy.check_ip("127.0.0.1".parse().unwrap()).is_ok());
+    }
 
     #[test]
     fn empty_config_has_the_original_defaults() {
@@ -611,9 +849,6 @@ chromium_path: /usr/bin/chromium
             .to_string();
         assert!(e.contains("invalid profile extreme"), "{e}");
 
-        let e = parse("log_level: loud").unwrap_err().to_string();
-        assert!(e.contains("log_level"), "{e}");
-
         let e = parse("defaults: {width: 1281, height: 720}")
             .unwrap_err()
             .to_string();
@@ -666,6 +901,45 @@ chromium_path: /usr/bin/chromium
         assert!(l.warnings.is_empty(), "{:?}", l.warnings);
         assert_eq!(l.config.defaults, Options::default());
         assert_eq!(l.config.template_address, "");
+    }
+
+    #[test]
+    fn log_levels_are_read_as_the_original_and_unknown_ones_warn() {
+        let read = |l: &str| {
+            let loaded = parse(&format!("log_level: \"{l}\"")).unwrap();
+            (loaded.config.tracing_level(), loaded.warnings)
+        };
+        assert_eq!(read("warning"), ("warn", vec![]));
+        assert_eq!(read("WARN"), ("warn", vec![]));
+        assert_eq!(read("Debug"), ("debug", vec![]));
+        assert_eq!(read("fatal"), ("error", vec![]));
+        assert_eq!(read("dpanic"), ("error", vec![]));
+        assert_eq!(read(""), ("info", vec![]));
+        let (level, warnings) = read("loud");
+        assert_eq!(level, "info", "an unknown level is info");
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("unknown log_level `loud`"),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn watchdog_settings_are_read_and_zero_turns_a_check_off() {
+        let c = parse("").unwrap().config;
+        assert_eq!(
+            c.watchdog.page_check(),
+            Some((Duration::from_secs(10), 3)),
+            "3 misses over 30 s by default"
+        );
+        assert_eq!(c.watchdog.video_stall(), Some(Duration::from_secs(10)));
+        let c = parse("watchdog: {page_check_interval: 2, page_check_misses: 4, video_stall: 0}")
+            .unwrap()
+            .config;
+        assert_eq!(c.watchdog.page_check(), Some((Duration::from_secs(2), 4)));
+        assert_eq!(c.watchdog.video_stall(), None);
+        let c = parse("watchdog: {page_check_interval: 0}").unwrap().config;
+        assert_eq!(c.watchdog.page_check(), None);
     }
 
     #[test]

@@ -22,8 +22,10 @@ pub mod config;
 pub(crate) mod display;
 pub(crate) mod egress;
 pub(crate) mod health;
+pub(crate) mod metrics;
 pub(crate) mod options;
 pub(crate) mod pipeline;
+pub(crate) mod policy;
 pub(crate) mod process;
 pub mod proto;
 pub mod psrpc;
@@ -36,3 +38,7 @@ pub(crate) mod template;
 pub(crate) mod templates;
 pub mod upload;
 pub mod util;
+
+/// Fuzzing of every outside input (proptest), run with the unit tests.
+#[cfg(test)]
+mod fuzz;

@@ -4,6 +4,13 @@
 //! helpers, say) can be signalled together. A reaper task owns the `tokio::process::Child` and
 //! publishes its exit; the [`Child`] handle stops the group gracefully (SIGTERM, a grace period,
 //! then SIGKILL), waits until no process of the group is left, and kills the group when dropped.
+//!
+//! Children never see the recorder's environment, which holds the config
+//! (`LIVEKIT_RECORDER_CONFIG`: api secret, Redis password, storage keys) and the request
+//! (`RECORDING_REQUEST`: stream keys): [`Child::spawn`] clears it and passes on only `PATH`, the
+//! locale and the time zone ([`clean_env`]), plus what each spawn site sets for its program
+//! (`DISPLAY`, `PULSE_*`, `HOME`, `XDG_*`) and the names the operator lists in
+//! `LIVEKIT_RECORDER_CHILD_ENV`.
 
 use std::collections::VecDeque;
 use std::process::Stdio;
@@ -17,6 +24,58 @@ use tokio::sync::watch;
 
 /// How long [`Child::stop`] waits for the group to be gone after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(5);
+/// A child's output lines are cut to this many bytes (the rest of a longer line is skipped).
+const MAX_LINE: usize = 4096;
+
+/// Variables of the recorder's environment that children get: the search path and the locale
+/// (with every `LC_*`).
+const INHERITED: [&str; 4] = ["PATH", "LANG", "LANGUAGE", "TZ"];
+/// Names (comma-separated) of further variables of the recorder's environment that children
+/// get: for the operator's needs (fonts, a proxy, ...) and the tests' process tag.
+pub const CHILD_ENV: &str = "LIVEKIT_RECORDER_CHILD_ENV";
+/// Never passed to a child, whatever [`CHILD_ENV`] says: they carry every secret.
+const NEVER: [&str; 2] = ["LIVEKIT_RECORDER_CONFIG", "RECORDING_REQUEST"];
+/// `PATH` when the recorder has none.
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// Gives `cmd` a cleared environment: the few inherited variables, then the ones the caller set
+/// on `cmd` (which win).
+pub fn clean_env(cmd: &mut tokio::process::Command) {
+    let explicit: Vec<(std::ffi::OsString, Option<std::ffi::OsString>)> = cmd
+        .as_std()
+        .get_envs()
+        .map(|(k, v)| (k.to_owned(), v.map(ToOwned::to_owned)))
+        .collect();
+    cmd.env_clear();
+    let extra: Vec<String> = std::env::var(CHILD_ENV)
+        .unwrap_or_default()
+        .split(',')
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty())
+        .collect();
+    let mut path = false;
+    for (k, v) in std::env::vars_os() {
+        let Some(name) = k.to_str() else { continue };
+        let wanted =
+            INHERITED.contains(&name) || name.starts_with("LC_") || extra.iter().any(|e| e == name);
+        if wanted && !NEVER.contains(&name) {
+            path |= name == "PATH";
+            cmd.env(&k, v);
+        }
+    }
+    if !path {
+        cmd.env("PATH", DEFAULT_PATH);
+    }
+    for (k, v) in explicit {
+        if NEVER.iter().any(|n| k == *n) {
+            continue;
+        }
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
@@ -48,12 +107,14 @@ pub struct Spawned {
 }
 
 impl Child {
-    /// Starts `cmd` in a new process group. Standard input is closed; standard output and error
-    /// are as the caller set them (inherited when not set).
+    /// Starts `cmd` in a new process group, with a cleared environment ([`clean_env`]). Standard
+    /// input is closed; standard output and error are as the caller set them (inherited when
+    /// not set).
     pub fn spawn(
         name: &'static str,
         mut cmd: tokio::process::Command,
     ) -> Result<Spawned, ProcessError> {
+        clean_env(&mut cmd);
         cmd.process_group(0).kill_on_drop(true).stdin(Stdio::null());
         // If the recorder itself is killed (SIGKILL, OOM), its children must not live on.
         // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) between fork and exec.
@@ -116,23 +177,28 @@ impl Child {
         status
     }
 
-    /// A description of an unexpected exit: the status and the last lines the process printed.
+    /// A description of an unexpected exit: the status and the last lines the process printed,
+    /// at most [`crate::policy::MAX_ERROR_TEXT`] bytes.
     pub fn death_note(&self, status: &str) -> String {
         let tail = self.log.tail();
-        if tail.is_empty() {
+        let note = if tail.is_empty() {
             format!("{} exited unexpectedly ({status})", self.name)
         } else {
             format!("{} exited unexpectedly ({status}): {tail}", self.name)
-        }
+        };
+        crate::policy::bound_error(&note)
     }
 
-    /// Logs each line `reader` gives at debug level and keeps the last few for [`Self::death_note`].
+    /// Logs each line `reader` gives at debug level and keeps the last few for
+    /// [`Self::death_note`]. Lines are cut to a few KB: a child that prints without end costs no
+    /// memory.
     pub fn log_output<R: AsyncRead + Unpin + Send + 'static>(&self, reader: R) {
         let log = self.log.clone();
         let name = self.name;
         tokio::spawn(async move {
-            let mut lines = BufReader::new(reader).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
+            let mut reader = BufReader::new(reader);
+            while let Some(line) = read_line_bounded(&mut reader, MAX_LINE).await {
+                let line = crate::policy::scrub_tokens(&line);
                 tracing::debug!(process = name, "{line}");
                 log.push(line);
             }
@@ -196,6 +262,43 @@ impl Child {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// The next line of `reader` (without its end), cut to `max` bytes: the rest of a longer line
+/// is read and dropped. `None` at the end or on an error.
+pub async fn read_line_bounded<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+    max: usize,
+) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let limit = u64::try_from(max).unwrap_or(u64::MAX);
+    let n = (&mut *reader)
+        .take(limit)
+        .read_until(b'\n', &mut buf)
+        .await
+        .ok()?;
+    if n == 0 {
+        return None;
+    }
+    if !buf.ends_with(b"\n") && buf.len() >= max {
+        // Skip to the end of the long line, a bounded chunk at a time.
+        let mut skip = Vec::new();
+        loop {
+            skip.clear();
+            match (&mut *reader)
+                .take(limit)
+                .read_until(b'\n', &mut skip)
+                .await
+            {
+                Ok(0) | Err(_) => break,
+                Ok(_) if skip.ends_with(b"\n") => break,
+                Ok(_) => {}
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&buf);
+    Some(text.trim_end_matches(['\n', '\r']).to_owned())
 }
 
 /// Whether any process of group `pgid` is running (not a zombie), from /proc; where /proc cannot
@@ -313,6 +416,70 @@ mod tests {
             "{note}"
         );
         assert!(note.contains("one | two"), "{note}");
+    }
+
+    #[tokio::test]
+    async fn children_get_a_cleared_environment() {
+        // Set on the recorder (this test process), and on the command, as secrets would be
+        // (the config's own variable only on the command: other tests read the process's).
+        std::env::set_var("LKREC_UNIT_SECRET", "unit-secret-value");
+        std::env::set_var("LKREC_UNIT_PASSED", "passed-value");
+        std::env::set_var(CHILD_ENV, "LKREC_UNIT_PASSED, RECORDING_REQUEST");
+        let mut cmd = sh("env");
+        cmd.env("DISPLAY", ":5")
+            .env("RECORDING_REQUEST", "stream-key")
+            .env("LIVEKIT_RECORDER_CONFIG", "api_secret: command-secret")
+            .stdout(Stdio::piped());
+        let s = Child::spawn("env", cmd).unwrap();
+        let mut out = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut s.stdout.unwrap(), &mut out)
+            .await
+            .unwrap();
+        std::env::remove_var(CHILD_ENV);
+        let names: Vec<&str> = out
+            .lines()
+            .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+            .collect();
+        assert!(
+            !out.contains("secret") && !out.contains("stream-key"),
+            "{out}"
+        );
+        assert!(out.contains("DISPLAY=:5"), "{out}");
+        assert!(out.contains("LKREC_UNIT_PASSED=passed-value"), "{out}");
+        assert!(out.contains("PATH="), "{out}");
+        for n in names {
+            assert!(
+                [
+                    "PATH",
+                    "LANG",
+                    "LANGUAGE",
+                    "TZ",
+                    "DISPLAY",
+                    "LKREC_UNIT_PASSED",
+                    "PWD",
+                    "SHLVL",
+                    "_"
+                ]
+                .contains(&n)
+                    || n.starts_with("LC_"),
+                "unexpected variable {n} in {out}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn output_lines_are_bounded() {
+        let mut cmd = sh("head -c 100000 /dev/zero | tr '\\0' x; echo; echo after");
+        cmd.stdout(Stdio::piped());
+        let s = Child::spawn("long", cmd).unwrap();
+        let mut r = BufReader::new(s.stdout.unwrap());
+        let first = read_line_bounded(&mut r, 100).await.unwrap();
+        assert_eq!(first.len(), 100);
+        assert_eq!(
+            read_line_bounded(&mut r, 100).await.as_deref(),
+            Some("after")
+        );
+        assert_eq!(read_line_bounded(&mut r, 100).await, None);
     }
 
     #[tokio::test]

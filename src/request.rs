@@ -32,6 +32,19 @@ pub enum RequestError {
     Options(String),
     #[error("could not create output directory {path}: {message}")]
     CreateDir { path: PathBuf, message: String },
+    /// A URL, path or key the rules refuse (see [`crate::policy`]).
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+}
+
+/// Who the request comes from, which decides where its files may go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Standalone mode: the operator, who may name any local path.
+    Operator,
+    /// Service mode: whoever can call livekit-server's recording API. Local files go under
+    /// `file_output.local_dir` and never replace an existing file.
+    Requester,
 }
 
 /// What the page to record is.
@@ -60,6 +73,9 @@ pub struct FileOutput {
     pub local_path: PathBuf,
     /// The object key / blob name for an upload. `None` when the file stays local.
     pub upload_key: Option<String>,
+    /// The file stays at `local_path` after a confirmed upload (`file_output.local` with a
+    /// storage configured); otherwise an uploaded file is removed.
+    pub keep: bool,
 }
 
 /// Where the recording goes: an MP4 file, FLV streamed to RTMP URLs, or both at once.
@@ -77,6 +93,7 @@ impl Outputs {
             file: Some(FileOutput {
                 local_path,
                 upload_key,
+                keep: false,
             }),
             rtmp: None,
         }
@@ -137,19 +154,37 @@ pub fn load(
     }
 }
 
-/// Validates a request against the configuration, in the original's order (input, then output),
-/// and prepares its output: the local directory is created (0755), and an upload's file gets a
-/// unique name in the work directory.
+/// Validates a standalone request (see [`validate_as`]).
 pub fn validate(
     id: &str,
     req: &StartRecordingRequest,
     config: &Config,
 ) -> Result<RecordingSpec, RequestError> {
+    validate_as(id, req, config, Origin::Operator)
+}
+
+/// Validates a request against the configuration, in the original's order (input, then output),
+/// and prepares its output: the local directory is created (0755), and an upload's file gets a
+/// unique name in the work directory. The URL, path and key rules of [`crate::policy`] apply:
+/// every string is free of control characters before it goes anywhere, pages are `http(s)`
+/// outside the denied networks, RTMP URLs are `rtmp(s)` with a host (at most 10); a
+/// [`Origin::Requester`]'s local file lies under `file_output.local_dir` and is created new.
+pub fn validate_as(
+    id: &str,
+    req: &StartRecordingRequest,
+    config: &Config,
+    origin: Origin,
+) -> Result<RecordingSpec, RequestError> {
+    use crate::policy::{check_page_url, check_text};
+    let net = config.network_policy();
     let input = match &req.input {
         Some(start_recording_request::Input::Url(url)) if !url.trim().is_empty() => {
+            check_page_url("url", url, &net)?;
             Input::Url(url.clone())
         }
         Some(start_recording_request::Input::Template(t)) => {
+            check_text("room_name", &t.room_name)?;
+            check_text("layout", &t.layout)?;
             if t.room_name.is_empty() {
                 return Err(RequestError::RoomNameRequired);
             }
@@ -159,6 +194,7 @@ pub fn validate(
             let base_url = if t.base_url.is_empty() {
                 config.template_address.clone()
             } else {
+                check_page_url("base_url", &t.base_url, &net)?;
                 t.base_url.clone()
             };
             Input::Template {
@@ -178,13 +214,17 @@ pub fn validate(
             if rtmp.urls.is_empty() {
                 return Err(RequestError::OutputRequired);
             }
-            if rtmp.urls.iter().any(|u| !u.contains("://")) {
-                return Err(RequestError::InvalidRtmpUrl);
+            if rtmp.urls.len() > crate::policy::MAX_RTMP_OUTPUTS {
+                return Err(crate::policy::PolicyError::TooManyRtmpOutputs.into());
+            }
+            for url in &rtmp.urls {
+                check_rtmp_url(url, config)?;
             }
             Outputs::rtmp(rtmp.urls.clone())
         }
         Some(start_recording_request::Output::Filepath(filepath)) => {
-            file_output(id, filepath, config)?
+            check_text("filepath", filepath)?;
+            file_output(id, filepath, config, origin)?
         }
         None => return Err(RequestError::OutputRequired),
     };
@@ -198,7 +238,12 @@ pub fn validate(
     })
 }
 
-fn file_output(id: &str, filepath: &str, config: &Config) -> Result<Outputs, RequestError> {
+fn file_output(
+    id: &str,
+    filepath: &str,
+    config: &Config,
+    origin: Origin,
+) -> Result<Outputs, RequestError> {
     let name = Path::new(filepath)
         .file_name()
         .and_then(|n| n.to_str())
@@ -206,13 +251,39 @@ fn file_output(id: &str, filepath: &str, config: &Config) -> Result<Outputs, Req
     if !filepath.ends_with(".mp4") || name.len() <= ".mp4".len() {
         return Err(RequestError::NotMp4);
     }
-    if config.file_output.local {
-        let local_path = PathBuf::from(filepath);
-        if let Some(dir) = local_path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            create_dir(dir)?;
-        }
-        return Ok(Outputs::file(local_path, None));
+    // As the original: `local` only decides where the file is written (the request's filepath,
+    // kept; else a work file, removed once uploaded); any configured storage gets the upload.
+    let fo = &config.file_output;
+    let upload = fo.s3.is_some() || fo.azblob.is_some() || fo.gcp.is_some();
+    // The object key: the filepath without a leading `/` (the original's S3 client dropped it),
+    // then the key rules, behind `file_output.key_prefix`.
+    let key = || crate::policy::object_key(&fo.key_prefix, filepath.trim_start_matches('/'));
+    if fo.local {
+        let upload_key = if upload { Some(key()?) } else { None };
+        let local_path = match origin {
+            Origin::Operator => {
+                let local_path = PathBuf::from(filepath);
+                if let Some(dir) = local_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    create_dir(dir)?;
+                }
+                local_path
+            }
+            Origin::Requester => {
+                let path = crate::policy::local_output_path(&config.local_dir(), filepath)?;
+                crate::policy::reserve_file(&path)?;
+                path
+            }
+        };
+        return Ok(Outputs {
+            file: Some(FileOutput {
+                local_path,
+                upload_key,
+                keep: true,
+            }),
+            rtmp: None,
+        });
     }
+    let upload_key = key()?;
     // Files bound for an upload get a name of their own in the work directory: two recordings
     // with the same basename never collide.
     let dir = config.work_dir();
@@ -234,8 +305,16 @@ fn file_output(id: &str, filepath: &str, config: &Config) -> Result<Outputs, Req
     );
     Ok(Outputs::file(
         dir.join(format!("{unique}-{name}")),
-        Some(filepath.to_owned()),
+        Some(upload_key),
     ))
+}
+
+/// An RTMP URL added to a running recording, checked as Start checks its URLs.
+pub fn check_rtmp_url(url: &str, config: &Config) -> Result<(), RequestError> {
+    crate::policy::check_rtmp_url(url, &config.network_policy()).map_err(|e| match e {
+        crate::policy::PolicyError::InvalidRtmpUrl => RequestError::InvalidRtmpUrl,
+        e => RequestError::Policy(e),
+    })
 }
 
 /// Creates `dir` and its parents with mode 0755.
@@ -304,7 +383,14 @@ mod tests {
         );
         let spec = check(&json, &config("")).unwrap();
         assert_eq!(spec.input, Input::Url("http://127.0.0.1/".into()));
-        assert_eq!(spec.output, Outputs::file(path.clone(), None));
+        assert_eq!(
+            spec.output.file,
+            Some(FileOutput {
+                local_path: path.clone(),
+                upload_key: None,
+                keep: true
+            })
+        );
         assert_eq!(spec.options, Options::from_preset(RecordingPreset::Hd30));
         assert_eq!(spec.room_name(), "");
         use std::os::unix::fs::PermissionsExt;
@@ -416,6 +502,7 @@ mod tests {
             Some(FileOutput {
                 local_path: pa,
                 upload_key: ka,
+                ..
             }),
             Some(FileOutput { local_path: pb, .. }),
         ) = (&a.output.file, &b.output.file)
@@ -424,12 +511,48 @@ mod tests {
         };
         assert_eq!(
             ka.as_deref(),
-            Some("/rec/room.mp4"),
-            "key is the filepath as given"
+            Some("rec/room.mp4"),
+            "key is the filepath without its leading / (as the original's S3 client)"
         );
         assert_ne!(pa, pb, "two recordings never share a work file");
         assert!(pa.starts_with(work.path()));
         assert!(pa.to_str().unwrap().ends_with("room.mp4"));
+    }
+
+    #[test]
+    fn local_with_a_storage_writes_the_filepath_uploads_and_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rec/room.mp4");
+        let cfg = config(&format!(
+            "file_output: {{local: true, work_dir: {}, s3: {{bucket: b}}}}",
+            work.path().display()
+        ));
+        let json = format!(r#"{{"url": "http://x", "filepath": "{}"}}"#, path.display());
+        let spec = check(&json, &cfg).unwrap();
+        assert_eq!(
+            spec.output.file,
+            Some(FileOutput {
+                local_path: path.clone(),
+                upload_key: Some(path.display().to_string()[1..].to_owned()),
+                keep: true
+            }),
+            "written at the filepath, uploaded under it, kept"
+        );
+        assert!(path.parent().unwrap().is_dir());
+        // Not local: a work file, removed once uploaded.
+        let cfg = config(&format!(
+            "file_output: {{work_dir: {}, azblob: {{account_name: a, account_key: k, container_name: c}}}}",
+            work.path().display()
+        ));
+        let spec = check(&json, &cfg).unwrap();
+        let file = spec.output.file.unwrap();
+        assert!(file.local_path.starts_with(work.path()));
+        assert!(!file.keep);
+        assert_eq!(
+            file.upload_key,
+            Some(path.display().to_string()[1..].to_owned())
+        );
     }
 
     #[test]
@@ -442,5 +565,189 @@ mod tests {
         .unwrap();
         assert_eq!((spec.options.width, spec.options.height), (1280, 720));
         assert_eq!(spec.options.profile, Profile::High);
+    }
+
+    fn service(json: &str, cfg: &Config) -> Result<RecordingSpec, RequestError> {
+        validate_as("RR_test", &parse_json(json)?, cfg, Origin::Requester)
+    }
+
+    #[test]
+    fn only_http_pages_outside_denied_networks_are_recorded_in_both_modes() {
+        let cfg = config("api_key: k\napi_secret: s\ndeny_networks: [127.0.0.2]");
+        for (url, want) in [
+            ("file:///etc/", "url scheme not allowed: file"),
+            ("chrome://version", "url scheme not allowed: chrome"),
+            ("view-source:http://127.0.0.1/", "url scheme not allowed: view-source"),
+            ("data:text/html,hi", "url scheme not allowed: data"),
+            ("javascript:alert(1)", "url scheme not allowed: javascript"),
+            (
+                "http://127.0.0.2:8/",
+                "address not allowed: 127.0.0.2 is in 127.0.0.2/32 (deny_networks)",
+            ),
+            (
+                "http://169.254.169.254/latest/meta-data/",
+                "address not allowed: 169.254.169.254 is in 169.254.0.0/16 (link-local and cloud metadata)",
+            ),
+        ] {
+            let json = format!(r#"{{"url": "{url}", "filepath": "a.mp4"}}"#);
+            assert_eq!(check(&json, &cfg).unwrap_err().to_string(), want, "{url}");
+            assert_eq!(service(&json, &cfg).unwrap_err().to_string(), want, "{url}");
+            let json = format!(
+                r#"{{"template": {{"room_name": "r", "base_url": "{url}"}}, "filepath": "a.mp4"}}"#
+            );
+            assert_eq!(check(&json, &cfg).unwrap_err().to_string(), want, "base_url {url}");
+        }
+    }
+
+    #[test]
+    fn nul_and_control_characters_are_refused_in_every_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(&format!(
+            "api_key: k\napi_secret: s\nfile_output: {{local_dir: {}}}",
+            dir.path().display()
+        ));
+        for (json, field) in [
+            (r#"{"url": "http://x/\u0000", "filepath": "a.mp4"}"#, "url"),
+            (
+                r#"{"template": {"room_name": "r\u0000", "layout": "l"}, "filepath": "a.mp4"}"#,
+                "room_name",
+            ),
+            (
+                r#"{"template": {"room_name": "r", "layout": "l\n"}, "filepath": "a.mp4"}"#,
+                "layout",
+            ),
+            (
+                r#"{"template": {"room_name": "r", "base_url": "http://t/\u0000#"}, "filepath": "a.mp4"}"#,
+                "base_url",
+            ),
+            (
+                r#"{"url": "http://x", "filepath": "/etc/passwd\u0000.mp4"}"#,
+                "filepath",
+            ),
+            (
+                r#"{"url": "http://x", "filepath": "a\u001b.mp4"}"#,
+                "filepath",
+            ),
+            (
+                r#"{"url": "http://x", "rtmp": {"urls": ["rtmp://h/app/k\u0000"]}}"#,
+                "rtmp url",
+            ),
+        ] {
+            let want = format!("{field} contains control characters");
+            assert_eq!(check(json, &cfg).unwrap_err().to_string(), want, "{json}");
+            assert_eq!(service(json, &cfg).unwrap_err().to_string(), want, "{json}");
+        }
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "nothing was created"
+        );
+    }
+
+    #[test]
+    fn service_mode_files_stay_under_local_dir_and_are_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(&format!(
+            "file_output: {{local_dir: {}}}",
+            dir.path().display()
+        ));
+        let spec = service(r#"{"url": "http://x", "filepath": "rec/a.mp4"}"#, &cfg).unwrap();
+        let path = dir.path().join("rec/a.mp4");
+        assert_eq!(spec.output.file.as_ref().unwrap().local_path, path);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            0,
+            "reserved, empty"
+        );
+        // The original's users send absolute paths inside the directory.
+        let abs = format!(
+            r#"{{"url": "http://x", "filepath": "{}/b.mp4"}}"#,
+            dir.path().display()
+        );
+        assert_eq!(
+            service(&abs, &cfg).unwrap().output.file.unwrap().local_path,
+            dir.path().join("b.mp4")
+        );
+        assert_eq!(
+            service(&abs, &cfg).unwrap_err().to_string(),
+            "file already exists"
+        );
+        assert_eq!(
+            service(r#"{"url": "http://x", "filepath": "rec/a.mp4"}"#, &cfg)
+                .unwrap_err()
+                .to_string(),
+            "file already exists"
+        );
+        for (filepath, want) in [
+            ("../x.mp4", "filepath may not hold .. components"),
+            ("rec/../../x.mp4", "filepath may not hold .. components"),
+            (
+                "/etc/cron.d/x.mp4",
+                "filepath must lie under the output directory",
+            ),
+            ("/tmp/x.mp4", "filepath must lie under the output directory"),
+        ] {
+            let json = format!(r#"{{"url": "http://x", "filepath": "{filepath}"}}"#);
+            let e = service(&json, &cfg).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{filepath}: {e}");
+        }
+        assert!(!Path::new("/etc/cron.d/x.mp4").exists());
+        // Standalone: the operator's path, anywhere.
+        let elsewhere = tempfile::tempdir().unwrap();
+        let json = format!(
+            r#"{{"url": "http://x", "filepath": "{}/x.mp4"}}"#,
+            elsewhere.path().display()
+        );
+        assert!(check(&json, &cfg).is_ok());
+    }
+
+    #[test]
+    fn object_keys_follow_the_rules_and_the_prefix() {
+        let work = tempfile::tempdir().unwrap();
+        let cfg = config(&format!(
+            "file_output: {{work_dir: {}, key_prefix: recordings/, s3: {{bucket: b}}}}",
+            work.path().display()
+        ));
+        let key = |filepath: &str| {
+            let json = format!(r#"{{"url": "http://x", "filepath": "{filepath}"}}"#);
+            service(&json, &cfg).map(|s| s.output.file.unwrap().upload_key.unwrap())
+        };
+        assert_eq!(key("room/a.mp4").unwrap(), "recordings/room/a.mp4");
+        assert_eq!(key("/out/a.mp4").unwrap(), "recordings/out/a.mp4");
+        for bad in [
+            "a/../b.mp4",
+            "../b.mp4",
+            "a/./b.mp4",
+            "a//b.mp4",
+            "a\\\\b.mp4",
+        ] {
+            let e = key(bad).unwrap_err().to_string();
+            assert!(e.starts_with("object key may not"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn at_most_ten_rtmp_urls_each_rtmp_with_a_host() {
+        let cfg = config("");
+        let urls = |n: usize| {
+            let list: Vec<String> = (0..n).map(|i| format!("\"rtmp://h/live/{i}\"")).collect();
+            format!(
+                r#"{{"url": "http://x", "rtmp": {{"urls": [{}]}}}}"#,
+                list.join(",")
+            )
+        };
+        assert!(check(&urls(10), &cfg).is_ok());
+        assert_eq!(
+            check(&urls(11), &cfg).unwrap_err().to_string(),
+            "at most 10 rtmp outputs per recording"
+        );
+        for bad in ["http://h/live/x", "rtmp:///live/x", "rtmp//h/x"] {
+            let json = format!(r#"{{"url": "http://x", "rtmp": {{"urls": ["{bad}"]}}}}"#);
+            assert_eq!(
+                check(&json, &cfg).unwrap_err().to_string(),
+                "invalid rtmp url",
+                "{bad}"
+            );
+        }
     }
 }

@@ -31,7 +31,7 @@ pub struct Outcome {
     pub download_url: String,
     /// Seconds recorded.
     pub duration: i64,
-    /// RTMP URLs streamed to, for stream output.
+    /// RTMP URLs streamed to, for stream output, as `rtmp://host/app/{stream_key}`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rtmp: Vec<String>,
 }
@@ -48,8 +48,9 @@ impl Outcome {
         }
     }
 
+    /// Done: no error, or only the word that `max_duration` ended a complete recording.
     pub fn ok(&self) -> bool {
-        self.error.is_empty()
+        self.error.is_empty() || self.error == crate::session::MAX_DURATION_REACHED
     }
 }
 
@@ -92,7 +93,9 @@ pub async fn run(
         tracing::info!("signal received: finishing the recording (signal again to force)");
         let _ = stopper.send(crate::session::Command::Stop).await;
     });
+    crate::metrics::metrics().session_started("standalone");
     let result = session.wait().await;
+    crate::metrics::metrics().session_ended("standalone", &result);
     signals.abort();
     stop.abort();
     let info = crate::service::recording_info(&result);

@@ -60,9 +60,17 @@ pub async fn egress_base_url() -> Result<String, TemplatesError> {
 /// The egress page's file name in `web/dist`.
 const EGRESS_PAGE: &str = "egress.html";
 
+/// This process's template server, once started.
+static SERVER: tokio::sync::OnceCell<SocketAddr> = tokio::sync::OnceCell::const_new();
+
+/// Where this process's template server listens, if it runs: the network policy keeps it
+/// reachable whatever `deny_networks` says.
+pub fn serving() -> Option<SocketAddr> {
+    SERVER.get().copied()
+}
+
 /// This process's template server, started on first use.
 async fn server_addr() -> Result<SocketAddr, TemplatesError> {
-    static SERVER: tokio::sync::OnceCell<SocketAddr> = tokio::sync::OnceCell::const_new();
     if !built() {
         return Err(TemplatesError::NotBuilt);
     }

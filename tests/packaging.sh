@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Packaging checks: the Dockerfile (hadolint, what it must contain) and the Helm chart (helm lint,
 # helm template with default and full values, in service and in egress mode, Kubernetes schema
-# validation, assertions on the rendered objects). Needs no Docker engine and no cluster.
+# validation, assertions on the rendered objects: probes on /healthz and /readyz, the Prometheus
+# scrape annotations and the optional PodMonitor). Needs no Docker engine and no cluster.
 #
 #   bash tests/packaging.sh
 #
@@ -68,9 +69,10 @@ import base64, copy, json, math, re, sys
 import yaml
 
 # Config keys only the egress worker reads: the chart renders them in egress mode only.
-EGRESS_ONLY = ["max_duration", "template_base", "cluster_id", "cpu_cost", "s3", "azure",
+EGRESS_ONLY = ["template_base", "cluster_id", "cpu_cost", "s3", "azure",
                "session_limits", "enable_chrome_sandbox", "io_update_egress_info"]
-EGRESS_ONLY_FILE_OUTPUT = ["local_dir"]
+# (file_output.local_dir is read in both modes: service-mode files go under it too.)
+EGRESS_ONLY_FILE_OUTPUT = []
 
 def docs(path):
     with open(path) as f:
@@ -232,13 +234,15 @@ def service_env(path):
     cfg = config_of(objs)
     assert cfg["redis"]["address"], "config has no redis address"
 
-def probes(path, port):
+def probes(path, port, live="/healthz", ready="/readyz"):
+    """Liveness on /healthz, readiness on /readyz (by default), both on the health port."""
     objs = docs(path)
     _, c = container(objs)
     port = int(port)
-    for probe in ("livenessProbe", "readinessProbe"):
+    for probe, want in (("livenessProbe", live), ("readinessProbe", ready)):
         assert probe in c, f"no {probe}"
-        assert c[probe]["httpGet"]["path"] == "/", c[probe]
+        assert c[probe]["httpGet"]["path"] == want, f"{probe} path {c[probe]['httpGet']['path']!r} != {want!r}"
+        assert "path" not in c[probe], f"{probe}: the values' path leaked out of httpGet"
         assert probe_port(c, probe) == port, f"{probe} on {probe_port(c, probe)}, not {port}"
     cfg = config_of(objs)
     assert cfg["health_port"] == port, f"config health_port {cfg['health_port']} != {port}"
@@ -285,6 +289,59 @@ def volumes(path):
     for v in pod["volumes"]:
         assert len(v) == 2 and all(x is not None for x in v.values()), f"volume without a source: {v}"
 
+def hardening(path, dockerfile):
+    """seccomp RuntimeDefault, a read-only root filesystem, and every place the recorder writes on a
+    writable volume: /tmp (Xvfb, PulseAudio, Chromium), the image user's home (GStreamer's cache),
+    /dev/shm, work_dir and local_dir (the image's WORKDIR by default)."""
+    objs = docs(path)
+    pod, c = container(objs)
+    assert pod["securityContext"].get("seccompProfile") == {"type": "RuntimeDefault"}, pod["securityContext"]
+    assert c["securityContext"].get("readOnlyRootFilesystem") is True, c["securityContext"]
+    vols = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    fo = config_of(objs)["file_output"]
+    stages, _ = dockerfile_stages(dockerfile)
+    workdir = [r for w, r in stages[-1] if w == "WORKDIR"][-1]
+    home = [r for w, r in stages[-1] if w == "ENV" and "HOME=" in r]
+    home = re.search(r"HOME=(\S+)", home[-1]).group(1) if home else "/root"
+    for where in ("/tmp", home, "/dev/shm", fo["work_dir"], fo.get("local_dir", workdir)):
+        assert where in mounts, f"{where} is not on a volume: {sorted(mounts)}"
+        m = mounts[where]
+        assert not m.get("readOnly"), f"{where} mounted read-only"
+        assert isinstance(vols[m["name"]].get("emptyDir"), dict), f"{where}: {vols[m['name']]}"
+
+def networkpolicy(path, *extra_peers):
+    """The recorder's NetworkPolicy: its pods, ingress only to the health port, egress to DNS, to
+    the Internet without the metadata range and the private ranges, and to what extraEgress adds."""
+    objs = docs(path)
+    np = one(objs, "NetworkPolicy", "networking.k8s.io/v1")
+    spec = np["spec"]
+    labels = one(objs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    sel = spec["podSelector"]["matchLabels"]
+    assert sel and all(labels.get(k) == v for k, v in sel.items()), f"selector {sel} misses {labels}"
+    assert sorted(spec["policyTypes"]) == ["Egress", "Ingress"], spec["policyTypes"]
+    assert [p["port"] for r in spec["ingress"] for p in r["ports"]] == ["health"], spec["ingress"]
+    dns = [r for r in spec["egress"] if any(p.get("port") == 53 for p in r.get("ports", []))]
+    assert dns and {p["protocol"] for p in dns[0]["ports"]} == {"UDP", "TCP"}, spec["egress"]
+    blocks = [t["ipBlock"] for r in spec["egress"] for t in r.get("to", []) if "ipBlock" in t]
+    v4 = [b for b in blocks if b["cidr"] == "0.0.0.0/0"]
+    assert len(v4) == 1, blocks
+    assert "169.254.0.0/16" in v4[0].get("except", []), f"the metadata range is open: {v4}"
+    assert not [b for b in blocks if b["cidr"] != "0.0.0.0/0" and ":" not in b["cidr"]], blocks
+    if not extra_peers:
+        for net in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"):
+            assert net in v4[0]["except"], f"{net} open by default"
+    rendered = json.dumps(spec["egress"])
+    for peer in extra_peers:
+        assert peer in rendered, f"extraEgress peer {peer} not rendered"
+
+def local_dir(path, want):
+    got = config_of(docs(path))["file_output"].get("local_dir")
+    assert got == want, f"file_output.local_dir {got!r} != {want!r}"
+
+def no_networkpolicy(path):
+    assert not [o for o in docs(path) if o["kind"] == "NetworkPolicy"], "NetworkPolicy rendered by default"
+
 def config_full(values, *paths):
     """Every config key of the chart's values reaches the Secret, values unchanged."""
     want_keys = set("""api_key api_secret ws_url health_port log_level template_address insecure
@@ -301,7 +358,8 @@ def config_full(values, *paths):
         s3.access_key s3.secret s3.session_token s3.region s3.endpoint s3.bucket s3.force_path_style
         azure.account_name azure.account_key azure.container_name
         session_limits.file_output_max_duration session_limits.stream_output_max_duration
-        enable_chrome_sandbox io_update_egress_info""".split())
+        enable_chrome_sandbox io_update_egress_info
+        deny_networks chromium_sandbox file_output.key_prefix""".split())
     defaults = yaml.safe_load(open(values))["config"]
     missing = want_keys - set(leaves(defaults))
     assert not missing, f"values.yaml lacks config keys {sorted(missing)}"
@@ -333,7 +391,11 @@ def config_default(path):
             v = v[part]
         assert isinstance(v, bool) or v not in ("", 0, None), f"empty value rendered for {k}"
     assert "s3" not in cfg.get("file_output", {}) and "azblob" not in cfg.get("file_output", {}), "storage rendered by default"
-    assert cfg["health_port"] == 8080 and cfg["reservation_timeout"] == 10 and cfg["start_timeout"] == 60, cfg
+    assert cfg["health_port"] == 8080 and cfg["reservation_timeout"] == 10, cfg
+    # No START timeout (the original waited for START until End), a 6 h limit on every recording.
+    assert "start_timeout" not in cfg, f"start_timeout {cfg.get('start_timeout')} rendered: the recorder's default is none"
+    assert cfg["max_duration"] == 21600, cfg.get("max_duration")
+    assert cfg["watchdog"] == {"page_check_interval": 10, "page_check_misses": 3, "video_stall": 10}, cfg.get("watchdog")
     egress = [k for k in EGRESS_ONLY if k in cfg] + \
         [f"file_output.{k}" for k in EGRESS_ONLY_FILE_OUTPUT if k in cfg.get("file_output", {})]
     assert not egress, f"egress-only keys rendered in service mode: {egress}"
@@ -401,9 +463,131 @@ def existing_secret(path, name, key):
     ref = env(c)["LIVEKIT_RECORDER_CONFIG"]["valueFrom"]["secretKeyRef"]
     assert ref == {"name": name, "key": key}, ref
 
+# Objects of the Prometheus Operator's CRDs: kubernetes-validate has no schema for them (it only
+# warns), so they are set aside before it runs and checked by podmonitor() below.
+CRD_GROUPS = ("monitoring.coreos.com/",)
+
+def k8s_only(src, dst):
+    """Copies the documents of `src` that are not CRD objects to `dst`, text unchanged."""
+    kept = []
+    for chunk in re.split(r"(?m)^---[ \t]*$", open(src).read()):
+        d = yaml.safe_load(chunk)
+        if isinstance(d, dict) and str(d.get("apiVersion", "")).startswith(CRD_GROUPS):
+            continue
+        kept.append(chunk)
+    open(dst, "w").write("---".join(kept))
+
+def crd_objects(path, *want):
+    """The CRD objects of a render, as kind names: exactly `want`."""
+    got = sorted(o["kind"] for o in docs(path) if str(o.get("apiVersion", "")).startswith(CRD_GROUPS))
+    assert got == sorted(want), f"CRD objects {got} != {sorted(want)}"
+
+def merged_values(values, *files):
+    merged = yaml.safe_load(open(values))
+    def merge(a, b):
+        for k, v in b.items():
+            if isinstance(v, dict) and isinstance(a.get(k), dict):
+                merge(a[k], v)
+            else:
+                a[k] = v
+    for f in files:
+        merge(merged, yaml.safe_load(open(f)))
+    return merged
+
+def scrape_annotations(path, port, enabled="true"):
+    """prometheus.io/scrape, /port (= the container port `health`), /path on the pod template;
+    none of them when metrics.scrapeAnnotations is off. checksum/config is always there."""
+    pod_meta = one(docs(path), "Deployment")["spec"]["template"]["metadata"]
+    ann = pod_meta.get("annotations") or {}
+    assert "checksum/config" in ann, ann
+    assert all(isinstance(v, str) for v in ann.values()), f"non-string annotation values: {ann}"
+    prom = {k: v for k, v in ann.items() if k.startswith("prometheus.io/")}
+    if enabled != "true":
+        assert not prom, f"scrape annotations rendered although off: {prom}"
+        return
+    _, c = container(docs(path))
+    named = {cp["name"]: cp["containerPort"] for cp in c["ports"]}
+    assert prom == {"prometheus.io/scrape": "true", "prometheus.io/port": str(port),
+                    "prometheus.io/path": "/metrics"}, prom
+    assert named["health"] == int(port), f"container port health {named['health']} != {port}"
+
+def pod_annotation(path, key, value):
+    ann = one(docs(path), "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert ann.get(key) == value, f"{key}: {ann.get(key)!r} != {value!r}"
+
+DURATION = re.compile(r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$")
+RELABEL_KEYS = {"action", "modulus", "regex", "replacement", "separator", "sourceLabels", "targetLabel"}
+RELABEL_ACTIONS = {"replace", "keep", "drop", "hashmod", "labelmap", "labeldrop", "labelkeep",
+                   "lowercase", "uppercase", "keepequal", "dropequal"}
+
+def seconds(d):
+    units = {"y": 31536000, "w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    return sum(int(n) * units[u] for n, u in re.findall(r"([0-9]+)(ms|[ywdhms])", d))
+
+def podmonitor(path, values, *files):
+    """The PodMonitor as the Prometheus Operator (monitoring.coreos.com/v1, CRD of v0.87) takes it:
+    only fields of its schema, every duration in its pattern; it selects exactly this release's pods
+    in the release namespace and scrapes /metrics on their `health` port (the health port). The
+    chart renders no Service (none is needed)."""
+    v = merged_values(values, *files)["metrics"]["podMonitor"]
+    objs = docs(path)
+    pm = one(objs, "PodMonitor", "monitoring.coreos.com/v1")
+    assert set(pm) == {"apiVersion", "kind", "metadata", "spec"}, set(pm)
+    dep = one(objs, "Deployment")
+    meta = pm["metadata"]
+    assert meta["name"] == dep["metadata"]["name"], meta["name"]
+    assert meta.get("namespace", "") == (v["namespace"] or ""), f"namespace {meta.get('namespace')!r}"
+    for k, want in {**dep["metadata"]["labels"], **(v["labels"] or {})}.items():
+        assert meta["labels"].get(k) == want, f"label {k}: {meta['labels'].get(k)!r} != {want!r}"
+    assert all(isinstance(x, str) for x in meta["labels"].values()), meta["labels"]
+    spec = pm["spec"]
+    assert set(spec) == {"selector", "namespaceSelector", "podMetricsEndpoints"}, set(spec)
+    assert spec["selector"] == dep["spec"]["selector"], f"{spec['selector']} != {dep['spec']['selector']}"
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert all(pod_labels.get(k) == x for k, x in spec["selector"]["matchLabels"].items()), "selector misses the pods"
+    # `helm template` renders into the namespace "default".
+    assert spec["namespaceSelector"] == {"matchNames": ["default"]}, spec["namespaceSelector"]
+    eps = spec["podMetricsEndpoints"]
+    assert isinstance(eps, list) and len(eps) == 1, eps
+    ep = eps[0]
+    allowed = {"port", "path", "interval", "scrapeTimeout", "relabelings", "metricRelabelings"}
+    assert set(ep) <= allowed, f"fields outside the schema: {set(ep) - allowed}"
+    assert ep["path"] == "/metrics", ep["path"]
+    _, c = container(objs)
+    named = {cp["name"]: cp["containerPort"] for cp in c["ports"]}
+    assert ep["port"] in named, f"port {ep['port']!r} is not a container port name"
+    assert named[ep["port"]] == config_of(objs)["health_port"], "the scraped port is not the health port"
+    for k in ("interval", "scrapeTimeout"):
+        if v[k]:
+            assert ep[k] == v[k], f"{k} {ep.get(k)!r} != {v[k]!r}"
+        else:
+            assert k not in ep, f"{k} rendered empty"
+        if k in ep:
+            assert isinstance(ep[k], str) and DURATION.match(ep[k]), f"{k} {ep[k]!r} is not a duration"
+    if "interval" in ep and "scrapeTimeout" in ep:
+        assert seconds(ep["scrapeTimeout"]) <= seconds(ep["interval"]), "scrapeTimeout > interval"
+    for k in ("relabelings", "metricRelabelings"):
+        assert ep.get(k, []) == (v[k] or []), f"{k} {ep.get(k)} != {v[k]}"
+        for r in ep.get(k, []):
+            assert set(r) <= RELABEL_KEYS, f"{k}: fields outside RelabelConfig: {set(r) - RELABEL_KEYS}"
+            assert r.get("action", "replace").lower() in RELABEL_ACTIONS, f"{k}: action {r.get('action')}"
+            assert all(isinstance(x, str) for x in r.get("sourceLabels", [])), r
+    assert not [o for o in objs if o["kind"] == "Service"], "a Service is rendered: the PodMonitor needs none"
+
+def no_podmonitor(path):
+    kinds = [o["kind"] for o in docs(path)]
+    assert "PodMonitor" not in kinds and "ServiceMonitor" not in kinds and "Service" not in kinds, kinds
+
+def pdb_policy(path, policy=""):
+    p = one(docs(path), "PodDisruptionBudget")["spec"]
+    if policy:
+        assert p.get("unhealthyPodEvictionPolicy") == policy, p
+    else:
+        assert "unhealthyPodEvictionPolicy" not in p, p
+
 def notes(path):
     text = one(docs(path), "ConfigMap")["data"]["notes"]
-    for needle in ("same Redis", "redis:", "curl", "available", "SIGTERM", "get hpa"):
+    for needle in ("same Redis", "redis:", "curl", "available", "SIGTERM", "get hpa", "/readyz", "/healthz", "/metrics"):
         assert needle in text, f"NOTES.txt lacks {needle!r}"
     assert "p4ss" not in text, "NOTES.txt prints the Redis password"
 
@@ -411,7 +595,7 @@ def notes_egress(path):
     text = one(docs(path), "ConfigMap")["data"]["notes"]
     for needle in ("same Redis", "redis:", "v1.5.1", "livekit/egress", "io_update_egress_info",
                    "lk egress start --type room-composite", "lk egress stop --id", "curl", "available",
-                   "SIGTERM", "get hpa"):
+                   "SIGTERM", "get hpa", "/readyz", "/healthz", "/metrics"):
         assert needle in text, f"NOTES.txt (egress) lacks {needle!r}"
     for needle in ("p4ss", "no recorders available", "reserved"):
         assert needle not in text, f"NOTES.txt (egress) says {needle!r}"
@@ -436,15 +620,31 @@ check() { # check NAME COMMAND...: PASS if COMMAND exits 0
   fi
 }
 asserts() { "$PY" "$WORK/asserts.py" "$@"; }
+each() { # each FUNCTION ARGS... -- FILE...: asserts FUNCTION FILE ARGS... for every FILE
+  local fn=$1 args=() f
+  shift
+  while [ "$1" != "--" ]; do args+=("$1"); shift; done
+  shift
+  for f in "$@"; do asserts "$fn" "$f" "${args[@]}" || { echo "in $f"; return 1; }; done
+}
 render() { # render OUT [helm template args...]: helm template into OUT
   local out=$1
   shift
   "$HELM" template rec "$CHART" "$@" >"$out"
 }
 validate() { # Kubernetes schemas, strict: unknown fields are errors
-  local args=() v
+  # kubernetes-validate only warns about a kind it has no schema for (and exits 0): the Prometheus
+  # Operator's objects (the PodMonitor) are set aside first, and checked by `asserts podmonitor`;
+  # any other object without a schema is a failure, so nothing passes unvalidated.
+  local args=() v f files=() out
   for v in "${K8S_VERSIONS[@]}"; do args+=(-k "$v"); done
-  "$KVALIDATE" --strict --quiet "${args[@]}" "$@"
+  for f in "$@"; do
+    asserts k8s_only "$f" "$f.k8s" || return 1
+    files+=("$f.k8s")
+  done
+  out=$("$KVALIDATE" --strict --quiet "${args[@]}" "${files[@]}" 2>&1) || { printf '%s\n' "$out"; return 1; }
+  if grep -q "Couldn't find schema" <<<"$out"; then printf '%s\n' "$out"; return 1; fi
+  [ -z "$out" ] || printf '%s\n' "$out"
 }
 must_fail() { # must_fail PATTERN COMMAND...: COMMAND fails and says PATTERN
   local pattern=$1 out
@@ -511,17 +711,51 @@ check "kubernetes-validate --strict: egress renders (default, S3, Azure, alone)"
   validate "$WORK/egress-default.yaml" "$WORK/egress.yaml" "$WORK/egress-azure.yaml" "$WORK/egress-alone.yaml"
 sed 's/^\(      serviceAccountName:.*\)$/\1\n      notAField: true/' "$WORK/default.yaml" >"$WORK/bad.yaml"
 check "kubernetes-validate --strict rejects an unknown field (the schema check is live)" must_fail notAField validate "$WORK/bad.yaml"
+printf '%s\n' 'apiVersion: example.com/v1' 'kind: Widget' 'metadata:' '  name: w' >"$WORK/widget.yaml"
+check "kubernetes-validate: an object with no schema fails (nothing passes unvalidated)" \
+  must_fail "Couldn't find schema" validate "$WORK/widget.yaml"
+check "only the PodMonitor is set aside from kubernetes-validate (full renders; none by default)" \
+  bash -c '"$0" "$1" crd_objects "$2" PodMonitor && "$0" "$1" crd_objects "$3" PodMonitor &&
+    "$0" "$1" crd_objects "$4" PodMonitor && "$0" "$1" crd_objects "$5" && "$0" "$1" crd_objects "$6"' \
+  "$PY" "$WORK/asserts.py" "$WORK/full.yaml" "$WORK/azblob.yaml" "$WORK/egress.yaml" "$WORK/default.yaml" "$WORK/egress-default.yaml"
 
 check "HPA autoscaling/v2 on cpu: 2-10 replicas at 60%" asserts hpa "$WORK/default.yaml" 2 10 60
 check "HPA follows values (3-20 at 45%)" asserts hpa "$WORK/full.yaml" 3 20 45
 render "$WORK/nohpa.yaml" --set autoscaling.enabled=false --set replicaCount=4 || true
 check "autoscaling.enabled=false: no HPA, replicas from replicaCount" asserts no_hpa "$WORK/nohpa.yaml" 4
 check "env SERVICE_MODE=1 and LIVEKIT_RECORDER_CONFIG from the config Secret" asserts service_env "$WORK/default.yaml"
-check "liveness/readiness httpGet on the health port (8080)" asserts probes "$WORK/default.yaml" 8080
+check "liveness httpGet /healthz, readiness /readyz, on the health port (8080)" asserts probes "$WORK/default.yaml" 8080
 check "probes follow config.health_port (9090)" asserts probes "$WORK/full.yaml" 9090
-check "terminationGracePeriodSeconds >= 600 by default (3600)" asserts grace "$WORK/default.yaml" 600 3600
-render "$WORK/grace700.yaml" --set terminationGracePeriodSeconds=700 || true
-check "terminationGracePeriodSeconds=700 renders 700" asserts grace "$WORK/grace700.yaml" 600 700
+render "$WORK/ready-live.yaml" --set readinessProbe.path=/healthz || true
+check "readinessProbe.path=/healthz: every live pod stays Ready" asserts probes "$WORK/ready-live.yaml" 8080 /healthz /healthz
+check "PodDisruptionBudget: no unhealthyPodEvictionPolicy by default; AlwaysAllow when set" \
+  bash -c '"$0" "$1" pdb_policy "$2" && "$0" "$1" pdb_policy "$3" AlwaysAllow' "$PY" "$WORK/asserts.py" "$WORK/default.yaml" "$WORK/full.yaml"
+
+# ---- metrics: scrape annotations and the PodMonitor ------------------------------------------------
+check "scrape annotations: prometheus.io/scrape \"true\", port 8080 (the health port), path /metrics" \
+  asserts scrape_annotations "$WORK/default.yaml" 8080
+check "scrape annotations follow config.health_port (9090), beside podAnnotations" \
+  bash -c '"$0" "$1" scrape_annotations "$2" 9090 && "$0" "$1" pod_annotation "$2" example.com/team media' \
+  "$PY" "$WORK/asserts.py" "$WORK/full.yaml"
+render "$WORK/no-annotations.yaml" --set metrics.scrapeAnnotations=false || true
+check "metrics.scrapeAnnotations=false: no prometheus.io annotations" asserts scrape_annotations "$WORK/no-annotations.yaml" 8080 false
+render "$WORK/annotation-override.yaml" --set-string 'podAnnotations.prometheus\.io/scrape=false' || true
+check "podAnnotations override a scrape annotation (one key, their value)" \
+  asserts pod_annotation "$WORK/annotation-override.yaml" prometheus.io/scrape false
+check "no PodMonitor, ServiceMonitor or Service by default (service and egress mode)" \
+  each no_podmonitor -- "$WORK/default.yaml" "$WORK/egress-default.yaml" "$WORK/egress-alone.yaml"
+check "PodMonitor (ci/full-values.yaml): schema fields only, selects the pods, scrapes /metrics on the health port" \
+  asserts podmonitor "$WORK/full.yaml" "$CHART/values.yaml" "$FULL"
+check "PodMonitor in egress mode (ci/full-values.yaml + ci/egress-values.yaml)" \
+  asserts podmonitor "$WORK/egress.yaml" "$CHART/values.yaml" "$FULL" "$EG"
+printf '%s\n' 'metrics: {podMonitor: {enabled: true}}' >"$WORK/podmonitor-min-values.yaml"
+render "$WORK/podmonitor-min.yaml" -f "$WORK/podmonitor-min-values.yaml" || true
+check "PodMonitor with default values: release namespace, no interval/timeout/relabelings" \
+  asserts podmonitor "$WORK/podmonitor-min.yaml" "$CHART/values.yaml" "$WORK/podmonitor-min-values.yaml"
+check "kubernetes-validate --strict: the rest of a PodMonitor render" validate "$WORK/podmonitor-min.yaml"
+check "terminationGracePeriodSeconds >= max_duration + 600 by default (22200)" asserts grace "$WORK/default.yaml" 22200 22200
+render "$WORK/grace700.yaml" --set terminationGracePeriodSeconds=700 --set config.max_duration=0 || true
+check "terminationGracePeriodSeconds=700 without max_duration renders 700" asserts grace "$WORK/grace700.yaml" 600 700
 check "PodDisruptionBudget policy/v1, maxUnavailable 1, selects the pods" asserts pdb "$WORK/default.yaml" 1
 check "securityContext: runAsNonRoot, the image's uid, no privilege escalation" asserts security "$WORK/default.yaml" Dockerfile
 check "resources: requests 2 cpu/2Gi, limits 4 cpu/4Gi" asserts resources "$WORK/default.yaml"
@@ -531,6 +765,22 @@ check "every config key reaches the Secret unchanged (egress keys in egress mode
   asserts config_full "$CHART/values.yaml" "$WORK/full.yaml+$FULL" "$WORK/azblob.yaml+$FULL+$AZ" \
   "$WORK/egress.yaml+$FULL+$EG" "$WORK/egress-azure.yaml+$FULL+$EG+$EGAZ" "$WORK/egress-alone.yaml+$EG"
 check "default config: no empty keys, no storage section, no egress keys" asserts config_default "$WORK/default.yaml"
+check "local_dir is /out in both modes (service-mode files go under it too)" \
+  bash -c '"$0" "$1" local_dir "$2" /out && "$0" "$1" local_dir "$3" /out' \
+  "$PY" "$WORK/asserts.py" "$WORK/default.yaml" "$WORK/egress-default.yaml"
+check "hardening: seccomp RuntimeDefault, read-only root filesystem, writable emptyDirs where the recorder writes" \
+  asserts hardening "$WORK/default.yaml" Dockerfile
+check "hardening (egress mode) as in service mode" asserts hardening "$WORK/egress-default.yaml" Dockerfile
+check "no NetworkPolicy unless networkPolicy.enabled" asserts no_networkpolicy "$WORK/default.yaml"
+render "$WORK/netpol.yaml" --set networkPolicy.enabled=true || true
+check "networkPolicy.enabled: health port in; DNS and the Internet out, metadata and private ranges closed" \
+  asserts networkpolicy "$WORK/netpol.yaml"
+check "kubernetes-validate --strict: the NetworkPolicy render" validate "$WORK/netpol.yaml"
+check "NetworkPolicy follows values (extraEgress to Redis, ingressFrom, blockedCIDRs)" \
+  asserts networkpolicy "$WORK/full.yaml" '"app": "redis"' '"port": 6379'
+sed 's#- 169.254.0.0/16$#- 192.0.2.0/24#' "$WORK/netpol.yaml" >"$WORK/netpol-open.yaml"
+check "the NetworkPolicy check is live (an open metadata range fails it)" \
+  must_fail "metadata range is open" asserts networkpolicy "$WORK/netpol-open.yaml"
 render "$WORK/existing.yaml" --set existingSecret=my-recorder-config --set existingSecretKey=recorder.yaml || true
 check "existingSecret: no Secret rendered, env points at it" asserts existing_secret "$WORK/existing.yaml" my-recorder-config recorder.yaml
 check "config.health_port=0 is refused (probes need it)" must_fail "health_port" render "$WORK/x.yaml" --set config.health_port=0
@@ -540,13 +790,6 @@ check "both s3 and azblob is refused" must_fail "only one of" \
 check "mode=bogus is refused" must_fail "mode must be service or egress" render "$WORK/x.yaml" --set mode=bogus
 
 # ---- service mode stays as it was -----------------------------------------------------------------
-each() { # each FUNCTION ARGS... -- FILE...: asserts FUNCTION FILE ARGS... for every FILE
-  local fn=$1 args=() f
-  shift
-  while [ "$1" != "--" ]; do args+=("$1"); shift; done
-  shift
-  for f in "$@"; do asserts "$fn" "$f" "${args[@]}" || { echo "in $f"; return 1; }; done
-}
 check "service mode: SERVICE_MODE=1, no EGRESS_MODE, the image's entrypoint (every service render)" \
   each service_mode -- "$WORK/default.yaml" "$WORK/full.yaml" "$WORK/azblob.yaml" "$WORK/nohpa.yaml" "$WORK/existing.yaml"
 render "$WORK/service-explicit.yaml" --set mode=service || true
@@ -554,8 +797,9 @@ check "mode=service renders exactly the default render" cmp "$WORK/default.yaml"
 # Every egress-only value changed (ci/egress-*.yaml), in service mode: the render must not move by
 # a byte. (Those files also size resources for egress; that is put back.)
 render "$WORK/service-egress-values.yaml" -f "$EG" -f "$EGAZ" --set mode=service \
-  --set-string resources.requests.cpu=2 --set-string resources.limits.cpu=4 || true
-check "service mode ignores every egress-only value (byte-identical render)" \
+  --set-string resources.requests.cpu=2 --set-string resources.limits.cpu=4 \
+  --set config.max_duration=21600 || true
+check "service mode ignores every egress-only value (byte-identical render; max_duration applies to both)" \
   cmp "$WORK/default.yaml" "$WORK/service-egress-values.yaml"
 
 # ---- egress worker mode ---------------------------------------------------------------------------
@@ -576,8 +820,11 @@ check "egress: terminationGracePeriodSeconds >= max_duration + 600 (default 2220
 check "egress: grace follows max_duration (14400 + 600 over the 7200 set)" asserts grace "$WORK/egress.yaml" 15000 15000
 render "$WORK/egress-grace.yaml" --set mode=egress --set terminationGracePeriodSeconds=30000 || true
 check "egress: a longer terminationGracePeriodSeconds is kept (30000)" asserts grace "$WORK/egress-grace.yaml" 30000 30000
-check "egress: probes on the health port (8080)" asserts probes "$WORK/egress-default.yaml" 8080
+check "egress: liveness /healthz, readiness /readyz on the health port (8080)" asserts probes "$WORK/egress-default.yaml" 8080
 check "egress: probes follow config.health_port (9090)" asserts probes "$WORK/egress.yaml" 9090
+check "egress: scrape annotations on the health port (8080, 9090)" \
+  bash -c '"$0" "$1" scrape_annotations "$2" 8080 && "$0" "$1" scrape_annotations "$3" 9090' \
+  "$PY" "$WORK/asserts.py" "$WORK/egress-default.yaml" "$WORK/egress.yaml"
 egress_as_service() {
   asserts hpa "$WORK/egress-default.yaml" 2 10 60 && asserts pdb "$WORK/egress-default.yaml" 1 &&
     asserts volumes "$WORK/egress-default.yaml" && asserts volumes "$WORK/egress.yaml" &&

@@ -8,7 +8,8 @@ use livekit_protocol::{
     egress_info, stream_info, EgressInfo, EgressStatus, FileInfo, StreamInfo, StreamInfoList,
 };
 
-use super::request::{nanos, redact_stream_url};
+use super::request::nanos;
+use crate::policy::redact_stream_url;
 use crate::session::{EndReason, SessionResult};
 
 /// What `details` says while the page has not logged START_RECORDING.
@@ -208,7 +209,7 @@ impl Tracker {
             ),
             (EndReason::LimitReached, None) => (
                 EgressStatus::EgressLimitReached,
-                "max duration reached".to_owned(),
+                crate::session::MAX_DURATION_REACHED.to_owned(),
                 CODE_LIMIT,
             ),
             (_, None) => (EgressStatus::EgressComplete, String::new(), 0),
@@ -236,6 +237,7 @@ mod tests {
             error: error.map(str::to_owned),
             file: Some(FileOutcome {
                 local_path: None,
+                uploaded: true,
                 name: "a/b.mp4".into(),
                 location: "s3://bucket/a/b.mp4".into(),
                 size: 4096,

@@ -19,12 +19,13 @@ use std::time::{Duration, SystemTime};
 
 use livekit_protocol::{EgressInfo, StopEgressRequest, UpdateStreamRequest};
 use prost::Message as _;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::health::Status;
+use crate::health::{Probe, Status};
+use crate::metrics::metrics;
 use crate::psrpc::proto::rpc::{ListActiveEgressResponse, StartEgressRequest};
 use crate::psrpc::{
     method::IO_INFO, ErrorCode, Incoming, Psrpc, PsrpcError, RpcError, LIST_ACTIVE_EGRESS,
@@ -48,7 +49,7 @@ const OUTPUT_RPC_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long final updates may wait for livekit-server when the worker exits.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 /// At most this many RTMP URLs per egress.
-const MAX_STREAMS: usize = 10;
+const MAX_STREAMS: usize = crate::policy::MAX_RTMP_OUTPUTS;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EgressError {
@@ -99,19 +100,16 @@ struct Worker {
     /// The built-in room composite page, when the binary has templates.
     builtin_template_base: String,
     events: mpsc::UnboundedSender<Event>,
-    status: watch::Sender<Status>,
+    probe: Probe,
     force: CancellationToken,
     /// Final updates still on their way.
     flushing: JoinSet<()>,
 }
 
 /// Runs the worker until a signal ends it and every recording has finished and reported.
-pub async fn run(
-    config: Arc<Config>,
-    shutdown: Shutdown,
-    status: watch::Sender<Status>,
-) -> Result<(), EgressError> {
-    status.send_replace(Status::Starting);
+pub async fn run(config: Arc<Config>, shutdown: Shutdown, probe: Probe) -> Result<(), EgressError> {
+    probe.set_status(Status::Starting);
+    crate::browser::warn_if_root();
     let (psrpc, mut requests) = Psrpc::connect(&config.redis, &[IO_INFO]).await?;
     let builtin_template_base = if crate::templates::built() {
         match crate::templates::egress_base_url().await {
@@ -135,7 +133,7 @@ pub async fn run(
         draining: false,
         builtin_template_base,
         events,
-        status,
+        probe,
         force: shutdown.force.clone(),
         flushing: JoinSet::new(),
     };
@@ -159,7 +157,12 @@ pub async fn run(
                 }
             },
             Some(ev) = events_rx.recv() => w.on_event(ev).await,
-            _ = keepalive.tick() => redis_down = w.keepalive(redis_down).await,
+            _ = keepalive.tick() => {
+                w.probe.beat();
+                crate::health::test_wedge_hook();
+                redis_down = w.keepalive(redis_down).await;
+                w.update_status();
+            }
             () = shutdown.drain.cancelled(), if !w.draining => {
                 w.draining = true;
                 w.update_status();
@@ -170,7 +173,7 @@ pub async fn run(
             }
         }
     }
-    w.status.send_replace(Status::Stopping);
+    w.probe.set_status(Status::Stopping);
     let _ = w.psrpc.unserve(&START_EGRESS, &topic).await;
     let _ = w.psrpc.unserve(&LIST_ACTIVE_EGRESS, &topic).await;
     let flush = async { while w.flushing.join_next().await.is_some() {} };
@@ -189,9 +192,17 @@ impl Worker {
         } else {
             Status::Recording
         };
-        if self.status.send_replace(s) != s {
+        if self.probe.set_status(s) {
             tracing::info!(status = %s, "status");
         }
+        // Ready while it could take the cheapest request.
+        let cheapest = self
+            .config
+            .cpu_cost
+            .web_cpu_cost
+            .min(self.config.cpu_cost.room_composite_cpu_cost);
+        self.probe
+            .set_ready(!self.draining && self.available_cpu() >= cheapest);
     }
 
     async fn keepalive(&self, was_down: bool) -> bool {
@@ -205,6 +216,7 @@ impl Worker {
             Err(e) => {
                 if !was_down {
                     tracing::warn!(error = %e, "redis unreachable; retrying");
+                    metrics().redis_reconnects.inc();
                 }
                 true
             }
@@ -265,7 +277,11 @@ impl Worker {
             m if m == START_EGRESS.name => {
                 match StartEgressRequest::decode(&incoming.payload[..]) {
                     Ok(req) => {
+                        metrics().egress_requests_seen.inc();
                         let affinity = self.affinity(&req);
+                        if affinity >= 0.0 {
+                            metrics().egress_claims_offered.inc();
+                        }
                         self.claim(incoming, Call::Start(Box::new(req)), affinity);
                     }
                     Err(e) => malformed(incoming, e).await,
@@ -342,6 +358,7 @@ impl Worker {
                 call: Call::Start(req),
                 ..
             } => {
+                metrics().egress_claims_won.inc();
                 let result = self.start(&req).await;
                 respond(&incoming, result.map(|info| info.encode_to_vec())).await;
             }
@@ -438,6 +455,7 @@ impl Worker {
                 result: Box::new(result),
             });
         });
+        metrics().session_started("egress");
         tracing::info!(egress_id = %id, kind = ?job.kind, room = %info.room_name, "egress starting");
         self.egresses.insert(
             id,
@@ -487,7 +505,7 @@ impl Worker {
             ));
         };
         for url in &req.add_output_urls {
-            request::check_rtmp_url(url)
+            request::check_rtmp_url(url, &self.config)
                 .map_err(|r| RpcError::new(ErrorCode::InvalidArgument, r.to_string()))?;
         }
         if urls.len() + req.add_output_urls.len() > MAX_STREAMS {
@@ -553,6 +571,7 @@ impl Worker {
         let Some(mut e) = self.egresses.remove(id) else {
             return;
         };
+        metrics().session_ended("egress", &result);
         e.tracker.finish(&result);
         let info = e.tracker.snapshot();
         tracing::info!(egress_id = %id, status = info.status, error = %info.error, "egress ended");

@@ -3,7 +3,7 @@
 //! open (a web URL, or the room composite page with its own token), the outputs, the encoding,
 //! the storage, and the first `EgressInfo` with the request copied in, secrets redacted.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use livekit_protocol::{
 
 use crate::config::{AzureConfig, Config, FileOutputConfig, S3Config};
 use crate::options::{Options, Profile};
+use crate::policy::{self, NetworkPolicy, PolicyError};
 use crate::psrpc::proto::rpc::{start_egress_request, StartEgressRequest};
 use crate::request::{FileOutput, Input, Outputs, RecordingSpec};
 use crate::upload::Uploader;
@@ -44,6 +45,12 @@ fn invalid(msg: impl Into<String>) -> Refusal {
 
 fn unsupported(msg: impl Into<String>) -> Refusal {
     Refusal::Unsupported(msg.into())
+}
+
+impl From<PolicyError> for Refusal {
+    fn from(e: PolicyError) -> Self {
+        Refusal::Invalid(e.to_string())
+    }
 }
 
 /// A request this worker will record, ready to start.
@@ -158,9 +165,11 @@ pub fn validate(req: &StartEgressRequest, ctx: &Context<'_>) -> Result<EgressJob
         return Err(invalid("egress_id is required"));
     }
     let config = ctx.config;
+    let net = config.network_policy();
+    policy::check_text("room_name", &req.room_name)?;
     let (input, room_name, outputs, options, info_request) = match &req.request {
         Some(start_egress_request::Request::Web(w)) => {
-            check_page_url(&w.url)?;
+            policy::check_page_url("url", &w.url, &net)?;
             let input = Input::Page {
                 url: w.url.clone(),
                 markers: w.await_start_signal,
@@ -181,6 +190,8 @@ pub fn validate(req: &StartEgressRequest, ctx: &Context<'_>) -> Result<EgressJob
             )
         }
         Some(start_egress_request::Request::RoomComposite(r)) => {
+            policy::check_text("room_name", &r.room_name)?;
+            policy::check_text("layout", &r.layout)?;
             if r.room_name.is_empty() {
                 return Err(invalid("room_name is required"));
             }
@@ -193,7 +204,13 @@ pub fn validate(req: &StartEgressRequest, ctx: &Context<'_>) -> Result<EgressJob
                     "no template page: set template_base or build the built-in templates",
                 ));
             }
-            check_page_url(base)?;
+            // The request's own base is held to the rules; the config's and the built-in one are
+            // the operator's (the browser still guards every request the page makes).
+            if r.custom_base_url.is_empty() {
+                policy::check_page_syntax("template_base", base)?;
+            } else {
+                policy::check_page_url("custom_base_url", base, &net)?;
+            }
             let ws_url = if req.ws_url.is_empty() {
                 &config.ws_url
             } else {
@@ -250,9 +267,7 @@ pub fn validate(req: &StartEgressRequest, ctx: &Context<'_>) -> Result<EgressJob
             if s.urls.is_empty() {
                 return Err(invalid("stream output without urls"));
             }
-            for u in &s.urls {
-                check_rtmp_url(u)?;
-            }
+            policy::check_rtmp_urls(&s.urls, &net)?;
             Some(s.urls.clone())
         }
         None => None,
@@ -264,7 +279,7 @@ pub fn validate(req: &StartEgressRequest, ctx: &Context<'_>) -> Result<EgressJob
     };
     let (file, uploader) = match file_req {
         Some(f) => {
-            let (file, uploader) = file_target(&req.egress_id, f, &name_info, config)?;
+            let (file, uploader) = file_target(&req.egress_id, f, &name_info, config, &net)?;
             (Some(file), uploader)
         }
         None => (None, None),
@@ -306,28 +321,9 @@ pub fn validate(req: &StartEgressRequest, ctx: &Context<'_>) -> Result<EgressJob
     })
 }
 
-/// Only http and https pages are opened.
-fn check_page_url(url: &str) -> Result<(), Refusal> {
-    if url.chars().any(char::is_control) {
-        return Err(invalid("url contains control characters"));
-    }
-    let parsed = url::Url::parse(url).map_err(|e| invalid(format!("invalid url: {e}")))?;
-    match parsed.scheme() {
-        "http" | "https" => Ok(()),
-        s => Err(invalid(format!("url scheme not allowed: {s}"))),
-    }
-}
-
-/// `rtmp://` or `rtmps://` with a host.
-pub fn check_rtmp_url(url: &str) -> Result<(), Refusal> {
-    if url.chars().any(char::is_control) {
-        return Err(invalid("rtmp url contains control characters"));
-    }
-    let parsed = url::Url::parse(url).map_err(|_| invalid("invalid rtmp url"))?;
-    if !matches!(parsed.scheme(), "rtmp" | "rtmps") || parsed.host_str().is_none_or(str::is_empty) {
-        return Err(invalid("invalid rtmp url"));
-    }
-    Ok(())
+/// `rtmp://` or `rtmps://` with a host, outside the denied networks (UpdateStream's URLs).
+pub fn check_rtmp_url(url: &str, config: &Config) -> Result<(), Refusal> {
+    Ok(policy::check_rtmp_url(url, &config.network_policy())?)
 }
 
 /// The room composite page as egress builds it: the base with `layout`, `token` and `url` set
@@ -496,9 +492,12 @@ fn file_target(
     f: &EncodedFileOutput,
     names: &NameInfo<'_>,
     config: &Config,
+    net: &NetworkPolicy,
 ) -> Result<(FileOutput, Option<Arc<Uploader>>), Refusal> {
-    if f.filepath.chars().any(char::is_control) {
-        return Err(invalid("filepath contains control characters"));
+    policy::check_text("filepath", &f.filepath)?;
+    // A storage endpoint named by the request is an address the recorder itself reaches.
+    if let Some(encoded_file_output::Output::S3(s3)) = &f.output {
+        policy::check_endpoint(&s3.endpoint, net)?;
     }
     let path = storage_path(&f.filepath, names);
     let storage = match &f.output {
@@ -533,11 +532,7 @@ fn file_target(
         None => None,
     };
     if uploader.is_some() {
-        if path.split('/').any(|seg| seg == "..") || path.starts_with('/') {
-            return Err(invalid(
-                "filepath: object keys may not start with / or hold .. segments",
-            ));
-        }
+        let path = policy::object_key(&config.file_output.key_prefix, &path)?;
         let dir = config.work_dir();
         create_dir(&dir)?;
         let base = Path::new(&path)
@@ -552,21 +547,18 @@ fn file_target(
             FileOutput {
                 local_path: local,
                 upload_key: Some(path),
+                keep: false,
             },
             uploader,
         ));
     }
-    let local = local_path(&config.local_dir(), &path)?;
-    if local.exists() {
-        return Err(invalid("file already exists"));
-    }
-    if let Some(parent) = local.parent() {
-        create_dir(parent)?;
-    }
+    let local = policy::local_output_path(&config.local_dir(), &path)?;
+    policy::reserve_file(&local)?;
     Ok((
         FileOutput {
             local_path: local,
             upload_key: None,
+            keep: true,
         },
         None,
     ))
@@ -586,46 +578,8 @@ fn config_storage(config: &Config) -> Option<FileOutputConfig> {
     (f.s3.is_some() || f.azblob.is_some()).then(|| f.clone())
 }
 
-/// A local file path under `dir`: relative paths resolve under it, absolute ones must lie in
-/// it, `..` is refused.
-fn local_path(dir: &Path, path: &str) -> Result<PathBuf, Refusal> {
-    let p = Path::new(path);
-    if p.components().any(|c| matches!(c, Component::ParentDir)) {
-        return Err(invalid("filepath may not hold .. components"));
-    }
-    if p.is_absolute() {
-        let dir_abs = std::path::absolute(dir).map_err(|e| invalid(e.to_string()))?;
-        return if p.starts_with(&dir_abs) {
-            Ok(p.to_path_buf())
-        } else {
-            Err(invalid(format!(
-                "filepath must lie under the output directory {}",
-                dir_abs.display()
-            )))
-        };
-    }
-    Ok(dir.join(p))
-}
-
 fn create_dir(dir: &Path) -> Result<(), Refusal> {
     crate::request::create_dir(dir).map_err(|e| invalid(e.to_string()))
-}
-
-/// The text stream keys are replaced with in results and logs.
-pub const STREAM_KEY_REDACTED: &str = "{stream_key}";
-
-/// An RTMP URL with its stream key (the last path segment) and any query replaced.
-pub fn redact_stream_url(url: &str) -> String {
-    let base = url.split(['?', '#']).next().unwrap_or(url);
-    let after_scheme = base.find("://").map(|i| i + 3).unwrap_or(0);
-    match base.rfind('/') {
-        Some(i)
-            if i >= after_scheme && i + 1 < base.len() && base[after_scheme..i].contains('/') =>
-        {
-            format!("{}/{STREAM_KEY_REDACTED}", &base[..i])
-        }
-        _ => base.to_owned(),
-    }
 }
 
 fn redact(s: &mut String, name: &str) {
@@ -657,7 +611,7 @@ fn redact_file(f: &mut EncodedFileOutput) {
 
 fn redact_stream(s: &mut StreamOutput) {
     for u in &mut s.urls {
-        *u = redact_stream_url(u);
+        *u = policy::redact_stream_url(u);
     }
 }
 
@@ -981,15 +935,5 @@ mod tests {
             encoding(None, Some(&odd)),
             Err(Refusal::Invalid(_))
         ));
-    }
-
-    #[test]
-    fn stream_keys_are_cut() {
-        assert_eq!(
-            redact_stream_url("rtmp://a.example/live/sk_123?x=y"),
-            "rtmp://a.example/live/{stream_key}"
-        );
-        assert_eq!(redact_stream_url("rtmp://host"), "rtmp://host");
-        assert_eq!(redact_stream_url("rtmp://host/app"), "rtmp://host/app");
     }
 }

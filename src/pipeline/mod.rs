@@ -106,6 +106,49 @@ fn guard_against_x_io_errors() {
     }
 }
 
+/// When the screen capture last delivered a frame: a frozen X server (or one stopped with
+/// SIGSTOP) blocks the grabber, and no error is ever posted.
+#[derive(Debug, Clone)]
+pub struct VideoClock {
+    origin: std::time::Instant,
+    /// Nanoseconds from `origin` to the last frame.
+    last: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Default for VideoClock {
+    fn default() -> Self {
+        Self {
+            origin: std::time::Instant::now(),
+            last: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        }
+    }
+}
+
+impl VideoClock {
+    /// Ticks on every buffer leaving `element` (the capture's first element).
+    fn watch(&self, element: &gst::Element) {
+        let Some(pad) = element.static_pad("src") else {
+            return;
+        };
+        let clock = self.clone();
+        pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            clock.tick();
+            gst::PadProbeReturn::Ok
+        });
+    }
+
+    fn tick(&self) {
+        let now = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last.store(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long ago the last frame came.
+    pub fn since_last_frame(&self) -> Duration {
+        let last = Duration::from_nanos(self.last.load(std::sync::atomic::Ordering::Relaxed));
+        self.origin.elapsed().saturating_sub(last)
+    }
+}
+
 /// Where the encoded recording goes: an MP4 file, FLV to RTMP URLs, or both.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Sinks {
@@ -148,6 +191,8 @@ pub struct Pipeline {
     /// Events that arrived while waiting for something else, handed out first.
     deferred: std::collections::VecDeque<PipelineEvent>,
     playing: bool,
+    /// When the screen last delivered a frame.
+    video_clock: VideoClock,
 }
 
 impl Pipeline {
@@ -175,6 +220,8 @@ impl Pipeline {
                 .field("framerate", framerate)
                 .build(),
         )?;
+        let video_clock = VideoClock::default();
+        video_clock.watch(&vrate);
         let vqueue_raw = queue("video_raw_queue", 0)?;
         let vconvert = make("videoconvert", "video_convert")?;
         vconvert.set_property("n-threads", 2u32);
@@ -185,6 +232,7 @@ impl Pipeline {
                 .build(),
         )?;
         let venc = make("x264enc", "video_enc")?;
+        count_frames(&venc, o.framerate);
         venc.set_property("bitrate", o.video_bitrate);
         venc.set_property_from_str("speed-preset", "superfast");
         venc.set_property_from_str("tune", "zerolatency");
@@ -305,6 +353,7 @@ impl Pipeline {
             outputs,
             deferred: std::collections::VecDeque::new(),
             playing: false,
+            video_clock,
         })
     }
 
@@ -333,7 +382,14 @@ impl Pipeline {
             .await
             .map_err(|_| PipelineError::Start(format!("not playing after {timeout:?}")))?;
         self.playing = r.is_ok();
+        // A stall counts from here on.
+        self.video_clock.tick();
         r
+    }
+
+    /// When the screen last delivered a frame (the session's "no video" watchdog reads it).
+    pub fn video_clock(&self) -> VideoClock {
+        self.video_clock.clone()
     }
 
     /// The next event from the bus; `None` once the bus is gone.
@@ -490,12 +546,15 @@ fn to_event(
                 .src()
                 .map(|s| s.name().to_string())
                 .unwrap_or_else(|| "pipeline".into());
-            tracing::debug!(element, error = %e.error(), debug = ?e.debug(), "pipeline error");
+            // An RTMP sink's texts may name its URL: never with the stream key.
+            let scrub = |t: String| outputs.map_or_else(|| t.clone(), |o| o.scrub(&t));
+            let message = scrub(e.error().to_string());
+            let details = scrub(e.debug().map(|d| d.to_string()).unwrap_or_default());
+            tracing::debug!(element, error = %message, debug = %details, "pipeline error");
             if let Some(branch) = outputs.and_then(|o| o.on_element_error(&element)) {
-                return branch.ok().map(|url| PipelineEvent::OutputFailed {
-                    url,
-                    message: e.error().to_string(),
-                });
+                return branch
+                    .ok()
+                    .map(|url| PipelineEvent::OutputFailed { url, message });
             }
             Some(PipelineEvent::Error {
                 element,
@@ -504,7 +563,10 @@ fn to_event(
         }
         MessageView::Warning(w) => {
             let element = w.src().map(|s| s.name().to_string()).unwrap_or_default();
-            tracing::debug!(element, warning = %w.error(), debug = ?w.debug(), "pipeline warning");
+            let scrub = |t: String| outputs.map_or_else(|| t.clone(), |o| o.scrub(&t));
+            let warning = scrub(w.error().to_string());
+            let details = scrub(w.debug().map(|d| d.to_string()).unwrap_or_default());
+            tracing::debug!(element, warning, debug = %details, "pipeline warning");
             None
         }
         MessageView::StateChanged(s) => {
@@ -544,6 +606,32 @@ pub(crate) fn queue(name: &str, max_time: u64) -> Result<gst::Element, PipelineE
         q.set_property("max-size-bytes", 0u32);
     }
     Ok(q)
+}
+
+/// Counts the frames entering the encoder into the metrics, and the frames missing between
+/// them (a gap of more than one and a half frame durations).
+fn count_frames(encoder: &gst::Element, framerate: u32) {
+    let Some(pad) = encoder.static_pad("sink") else {
+        return;
+    };
+    let frame = 1_000_000_000 / u64::from(framerate.max(1));
+    let last = std::sync::Mutex::new(None::<u64>);
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        let m = crate::metrics::metrics();
+        m.frames_captured.inc();
+        if let (Some(pts), Ok(mut last)) = (
+            info.buffer().and_then(|b| b.pts()).map(|t| t.nseconds()),
+            last.lock(),
+        ) {
+            if let Some(prev) = last.replace(pts) {
+                let gap = pts.saturating_sub(prev);
+                if gap > frame + frame / 2 {
+                    m.frames_dropped.inc_by((gap + frame / 2) / frame - 1);
+                }
+            }
+        }
+        gst::PadProbeReturn::Ok
+    });
 }
 
 /// Links `from` to each muxer: directly when there is one, through a tee and a queue per muxer

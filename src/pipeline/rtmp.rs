@@ -14,6 +14,7 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 
 use super::{make, queue, PipelineError, QUEUE_TIME};
+use crate::policy::{redact_stream_url as redact, MAX_RTMP_OUTPUTS};
 
 /// The original recorder's error texts, word for word.
 pub const ALREADY_EXISTS: &str = "output already exists";
@@ -58,9 +59,18 @@ impl Outputs {
     /// Adds a branch for `url`, running if the pipeline is. A branch added while recording asks
     /// the encoder for a keyframe, so its stream starts decodable.
     pub fn add(&self, url: &str) -> Result<(), PipelineError> {
+        // The last check before the URL reaches C: the front-ends have checked it against the
+        // configured policy already.
+        crate::policy::check_rtmp_url(url, &crate::policy::NetworkPolicy::default())
+            .map_err(|e| PipelineError::Output(e.to_string()))?;
         let mut branches = self.lock();
         if branches.iter().any(|b| b.url == url) {
             return Err(PipelineError::Output(ALREADY_EXISTS.into()));
+        }
+        if branches.len() >= MAX_RTMP_OUTPUTS {
+            return Err(PipelineError::Output(
+                crate::policy::PolicyError::TooManyRtmpOutputs.to_string(),
+            ));
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let q = queue(&format!("queue_{id}"), QUEUE_TIME)?;
@@ -107,6 +117,17 @@ impl Outputs {
             failed,
         });
         Ok(())
+    }
+
+    /// `text` (a GStreamer error or debug text) with every branch's URL in its redacted form.
+    pub fn scrub(&self, text: &str) -> String {
+        self.lock().iter().fold(text.to_owned(), |t, b| {
+            if t.contains(&b.url) {
+                t.replace(&b.url, &redact(&b.url))
+            } else {
+                t
+            }
+        })
     }
 
     /// Called from the bus's sync handler for an error from element `name`: if it belongs to a
@@ -166,27 +187,5 @@ impl Outputs {
         }
         tracing::info!(output = %redact(url), "rtmp output removed");
         Ok(())
-    }
-}
-
-/// An RTMP URL fit for a log line: the stream key (the last path segment) is cut off.
-pub fn redact(url: &str) -> String {
-    match url.rfind('/') {
-        Some(i) if i > url.find("://").map(|s| s + 2).unwrap_or(0) => format!("{}/…", &url[..i]),
-        _ => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stream_keys_never_reach_the_log() {
-        assert_eq!(
-            redact("rtmp://live.twitch.tv/app/sk_secret"),
-            "rtmp://live.twitch.tv/app/…"
-        );
-        assert_eq!(redact("rtmp://host"), "rtmp://host");
     }
 }

@@ -5,24 +5,30 @@
 //! `available`) and reacts to what arrives: reservations (claimed only while available),
 //! requests on the reserved recording's channel (start, add/remove output, end), the session's
 //! end, the reservation's timeout and the signals. Results go through an outbox that retries
-//! until Redis takes them, so a Redis restart loses nothing.
+//! until Redis takes them, each kept on disk until then ([`results`]), so neither a Redis
+//! restart nor a daemon that dies meanwhile loses one.
 
 pub mod bus;
+pub mod results;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message as _;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::config::Config;
-use crate::health::Status;
+use crate::health::{Probe, Status};
+use crate::metrics::metrics;
 use crate::proto::livekit::{
     recording_request, FileResult, RecordingInfo, RecordingRequest, RecordingReservation,
     RecordingResponse, RtmpResult,
 };
-use crate::session::{Command, OutputError, SessionContext, SessionHandle, SessionResult};
+use crate::session::{
+    Command, EndReason, OutputError, SessionContext, SessionHandle, SessionResult,
+    MAX_DURATION_REACHED,
+};
 use crate::signals::Shutdown;
 use crate::upload::Uploader;
 use bus::{Bus, BusError, Event, RESERVATION_CHANNEL, RESULT_CHANNEL};
@@ -43,15 +49,22 @@ pub enum ServiceError {
 }
 
 /// The result as livekit-server v0.15-v1.1 expects it: whole seconds, `download_url` only for
-/// an uploaded file, one entry per RTMP URL.
+/// an uploaded file, one entry per RTMP URL (`rtmp://host/app/{stream_key}`: the stream key is
+/// not repeated). A recording that reached `max_duration` says so in
+/// `error` (the only place this protocol has for it; its file is complete and delivered).
 pub fn recording_info(r: &SessionResult) -> RecordingInfo {
     let secs = |d: std::time::Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+    let error = match (r.end, &r.error) {
+        (EndReason::LimitReached, None) => MAX_DURATION_REACHED.to_owned(),
+        (EndReason::LimitReached, Some(e)) => format!("{MAX_DURATION_REACHED}; {e}"),
+        (_, e) => e.clone().unwrap_or_default(),
+    };
     RecordingInfo {
         id: r.id.clone(),
         room_name: r.room_name.clone(),
-        error: r.error.clone().unwrap_or_default(),
+        error,
         file: r.file.as_ref().map(|f| FileResult {
-            download_url: if f.local_path.is_none() {
+            download_url: if f.uploaded {
                 f.location.clone()
             } else {
                 String::new()
@@ -62,7 +75,8 @@ pub fn recording_info(r: &SessionResult) -> RecordingInfo {
             .streams
             .iter()
             .map(|s| RtmpResult {
-                stream_url: s.url.clone(),
+                // Results reach webhooks and logs: never with the stream key.
+                stream_url: crate::policy::redact_stream_url(&s.url),
                 duration: secs(s.ended_at.duration_since(s.started_at).unwrap_or_default()),
             })
             .collect(),
@@ -94,9 +108,11 @@ struct Service {
     config: Arc<Config>,
     uploader: Option<Arc<Uploader>>,
     bus: Bus,
-    status: watch::Sender<Status>,
+    probe: Probe,
     job: Option<Job>,
-    outbox: mpsc::UnboundedSender<RecordingInfo>,
+    outbox: mpsc::UnboundedSender<results::Pending>,
+    /// Where results wait on disk until Redis took them.
+    results: results::ResultStore,
     shutdown: Shutdown,
     /// Whether we are (believed to be) subscribed to reservations.
     taking_reservations: bool,
@@ -110,19 +126,27 @@ pub async fn run(
     config: Arc<Config>,
     uploader: Option<Arc<Uploader>>,
     shutdown: Shutdown,
-    status: watch::Sender<Status>,
+    probe: Probe,
 ) -> Result<(), ServiceError> {
-    status.send_replace(Status::Starting);
+    probe.set_status(Status::Starting);
+    crate::browser::warn_if_root();
     let (bus, mut events) = Bus::connect(&config.redis).await?;
     let (outbox, outbox_rx) = mpsc::unbounded_channel();
     let publisher = tokio::spawn(publish_results(bus.clone(), outbox_rx));
+    // Results an earlier daemon could not publish (it died while Redis was away) go first.
+    let results = results::ResultStore::new(&config.work_dir());
+    for pending in results.orphans() {
+        tracing::info!(id = %pending.info.id, "publishing a result left by an earlier run");
+        let _ = outbox.send(pending);
+    }
     let mut svc = Service {
         config,
         uploader,
         bus,
-        status,
+        probe,
         job: None,
         outbox,
+        results,
         shutdown: shutdown.clone(),
         taking_reservations: false,
         builtin_templates: None,
@@ -144,6 +168,9 @@ pub async fn run(
                 Some(Event::Message(m)) => svc.on_message(m).await,
                 Some(Event::Disconnected) => {
                     tracing::warn!("lost the connection to redis; reconnecting");
+                    if !redis_down {
+                        metrics().redis_reconnects.inc();
+                    }
                     redis_down = true;
                 }
                 None => {
@@ -156,6 +183,8 @@ pub async fn run(
                 JobEvent::ReservationExpired => svc.on_reservation_timeout().await,
             },
             _ = keepalive.tick() => {
+                svc.probe.beat();
+                crate::health::test_wedge_hook();
                 match svc.bus.ping().await {
                     Ok(()) => {
                         if redis_down {
@@ -167,6 +196,7 @@ pub async fn run(
                     Err(e) => {
                         if !redis_down {
                             tracing::warn!(error = %e, "redis unreachable; retrying");
+                            metrics().redis_reconnects.inc();
                         }
                         redis_down = true;
                     }
@@ -179,7 +209,7 @@ pub async fn run(
             () = shutdown.stop_now.cancelled(), if svc.status() == Status::Recording => svc.end_recording().await,
         }
     }
-    svc.status.send_replace(Status::Stopping);
+    svc.probe.set_status(Status::Stopping);
     drop(svc);
     // Every result reaches Redis before we go, unless it stays away for a minute.
     if tokio::time::timeout(FLUSH_TIMEOUT, publisher)
@@ -210,15 +240,18 @@ async fn job_event(job: &mut Option<Job>) -> JobEvent {
     }
 }
 
-/// Publishes results in order, each retried until Redis takes it.
-async fn publish_results(mut bus: Bus, mut outbox: mpsc::UnboundedReceiver<RecordingInfo>) {
-    while let Some(info) = outbox.recv().await {
+/// Publishes results in order, each retried until Redis takes it, then removed from disk.
+async fn publish_results(mut bus: Bus, mut outbox: mpsc::UnboundedReceiver<results::Pending>) {
+    while let Some(results::Pending { info, path }) = outbox.recv().await {
         let payload = info.encode_to_vec();
         let mut delay = Duration::from_millis(200);
         loop {
             match bus.publish(RESULT_CHANNEL, &payload).await {
                 Ok(()) => {
                     tracing::info!(id = %info.id, error = %info.error, "result published");
+                    if let Some(path) = &path {
+                        results::ResultStore::remove(path);
+                    }
                     break;
                 }
                 Err(e) => {
@@ -233,11 +266,11 @@ async fn publish_results(mut bus: Bus, mut outbox: mpsc::UnboundedReceiver<Recor
 
 impl Service {
     fn status(&self) -> Status {
-        *self.status.borrow()
+        self.probe.status()
     }
 
     fn set_status(&self, s: Status) {
-        if self.status.send_replace(s) != s {
+        if self.probe.set_status(s) {
             tracing::info!(status = %s, "status");
         }
     }
@@ -295,6 +328,7 @@ impl Service {
     async fn on_reservation(&mut self, payload: &[u8]) {
         // Claim only while available: a busy recorder that won a reservation would make
         // livekit-server report "no recorders available".
+        metrics().reservations_seen.inc();
         if self.status() != Status::Available || self.shutdown.drain.is_cancelled() {
             return;
         }
@@ -314,7 +348,7 @@ impl Service {
             return;
         }
         match self.bus.claim(payload).await {
-            Ok(true) => {}
+            Ok(true) => metrics().reservations_claimed.inc(),
             Ok(false) => return,
             Err(e) => {
                 tracing::warn!(error = %e, "could not claim a reservation");
@@ -339,6 +373,7 @@ impl Service {
             let _ = self.bus.unsubscribe(&bus::request_channel(&id)).await;
             return;
         }
+        metrics().reservations_acked.inc();
         tracing::info!(%id, "reserved");
         self.job = Some(Job::Reserved {
             id,
@@ -365,7 +400,12 @@ impl Service {
                 if status != Status::Reserved {
                     format!("tried calling start with state {status}")
                 } else {
-                    match crate::request::validate(&job_id, &start, &self.config) {
+                    match crate::request::validate_as(
+                        &job_id,
+                        &start,
+                        &self.config,
+                        crate::request::Origin::Requester,
+                    ) {
                         Ok(spec) => {
                             tracing::info!(id = %job_id, "starting recording");
                             let session = SessionHandle::spawn(
@@ -378,6 +418,7 @@ impl Service {
                                     builtin_templates: self.builtin_templates.clone(),
                                 },
                             );
+                            metrics().session_started("service");
                             self.job = Some(Job::Recording {
                                 id: job_id.clone(),
                                 commands: session.commands(),
@@ -402,11 +443,22 @@ impl Service {
                 }
             }
             Some(recording_request::Request::AddOutput(a)) => {
-                self.output_rpc(status, "AddOutput", |reply| Command::AddOutput {
-                    url: a.rtmp_url,
-                    reply,
-                })
-                .await
+                // Checked as Start checks its URLs (once the state allows an AddOutput at all).
+                let checked = if status == Status::Recording {
+                    crate::request::check_rtmp_url(&a.rtmp_url, &self.config)
+                } else {
+                    Ok(())
+                };
+                match checked {
+                    Err(e) => e.to_string(),
+                    Ok(()) => {
+                        self.output_rpc(status, "AddOutput", |reply| Command::AddOutput {
+                            url: a.rtmp_url,
+                            reply,
+                        })
+                        .await
+                    }
+                }
             }
             Some(recording_request::Request::RemoveOutput(r)) => {
                 self.output_rpc(status, "RemoveOutput", |reply| Command::RemoveOutput {
@@ -477,6 +529,7 @@ impl Service {
     }
 
     async fn on_session_end(&mut self, result: SessionResult) {
+        metrics().session_ended("service", &result);
         // The session has uploaded the file already (when one is configured).
         self.finish_job(recording_info(&result)).await;
     }
@@ -488,7 +541,9 @@ impl Service {
                 tracing::debug!(error = %e, "could not unsubscribe from the recording's requests");
             }
         }
-        if self.outbox.send(info).is_err() {
+        // On disk first: a daemon that dies before Redis takes it leaves it to the next one.
+        let pending = self.results.store(info);
+        if self.outbox.send(pending).is_err() {
             tracing::error!("result publisher is gone");
         }
         self.become_available().await;

@@ -12,6 +12,7 @@
 mod deliver;
 mod record;
 mod streams;
+mod watchdog;
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -72,6 +73,9 @@ pub enum SessionEvent {
     StreamFailed { url: String, error: String },
 }
 
+/// What a result says when the recording reached `max_duration` (livekit egress's words).
+pub const MAX_DURATION_REACHED: &str = "max duration reached";
+
 /// Why a recording ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EndReason {
@@ -108,8 +112,8 @@ pub enum SessionError {
     Aborted,
     #[error("template did not log START_RECORDING within {0:?}")]
     StartTimeout(std::time::Duration),
-    /// The text of the template's `div.error`.
-    #[error("{0}")]
+    /// The text of the template's `div.error` (cut to 1 KB: a page writes what it likes).
+    #[error("{}", crate::policy::bound_error(.0))]
     PageError(String),
     /// A part of the session died while recording.
     #[error("{0}")]
@@ -118,6 +122,24 @@ pub enum SessionError {
     Forced,
     #[error("every rtmp output failed, the last with: {0}")]
     AllStreamsFailed(String),
+    /// The watchdog: `Inspector.targetCrashed`.
+    #[error("Chromium's page crashed (its renderer process is gone)")]
+    RendererCrashed,
+    /// The watchdog: page checks went unanswered.
+    #[error("the page stopped responding: {misses} checks in a row, one every {every:?}, went unanswered")]
+    PageUnresponsive {
+        misses: u32,
+        every: std::time::Duration,
+    },
+    /// The watchdog: the screen capture delivered nothing.
+    #[error("no video from the display for {0:?}: the X server (Xvfb) is frozen")]
+    NoVideo(std::time::Duration),
+    /// The watchdog: the browser's control connection is gone.
+    #[error("the DevTools connection to Chromium closed")]
+    DevToolsClosed,
+    /// The file could not be written (a full disk, say).
+    #[error("could not write the recording to {path}: {message}")]
+    WriteFailed { path: String, message: String },
     #[error("recording ended before it started")]
     NeverStarted,
     /// The session's task itself failed (a bug): the error is all there is.
@@ -195,6 +217,8 @@ pub struct SessionHandle {
     room_name: String,
     commands: mpsc::Sender<Command>,
     task: tokio::task::JoinHandle<SessionResult>,
+    /// The recording's file, to account for if the task itself fails.
+    file: Option<crate::request::FileOutput>,
 }
 
 impl SessionHandle {
@@ -203,12 +227,14 @@ impl SessionHandle {
         let (commands, rx) = mpsc::channel(16);
         let id = spec.id.clone();
         let room_name = spec.room_name().to_owned();
+        let file = spec.output.file.clone();
         let task = tokio::spawn(run(spec, ctx, rx));
         Self {
             id,
             room_name,
             commands,
             task,
+            file,
         }
     }
 
@@ -221,12 +247,45 @@ impl SessionHandle {
     pub async fn wait(&mut self) -> SessionResult {
         match (&mut self.task).await {
             Ok(r) => r,
-            Err(e) => SessionResult::failed(
-                &self.id,
-                &self.room_name,
-                &SessionError::Task(e.to_string()),
-            ),
+            Err(e) => self.task_failed(&e.to_string()),
         }
+    }
+
+    /// The result of a session whose task died: its file is named in the error when anything
+    /// was written (it plays up to its last fragment), else a work file is removed.
+    fn task_failed(&self, error: &str) -> SessionResult {
+        tracing::error!(id = %self.id, error, "recording task failed");
+        let mut r = SessionResult::failed(
+            &self.id,
+            &self.room_name,
+            &SessionError::Task(error.to_owned()),
+        );
+        let Some(file) = &self.file else {
+            return r;
+        };
+        let path = &file.local_path;
+        match std::fs::metadata(path) {
+            Ok(m) if m.len() > 0 => {
+                if let Err(e) = deliver::trim_to_complete_fragments(path) {
+                    tracing::debug!(error = %e, "could not check the file's fragments");
+                }
+                let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(m.len());
+                let shown = path.display().to_string();
+                r.error = Some(format!(
+                    "recording task failed: {error}; the recording is kept at {shown}"
+                ));
+                r.file = Some(FileOutcome {
+                    local_path: Some(path.clone()),
+                    uploaded: false,
+                    name: shown.clone(),
+                    location: shown,
+                    size,
+                    duration: std::time::Duration::ZERO,
+                });
+            }
+            _ => deliver::discard(file),
+        }
+        r
     }
 }
 
@@ -243,6 +302,11 @@ pub async fn run(
 
     let mut error = recorded.error.as_ref().map(ToString::to_string);
     let mut file = None;
+    if let (Some(out), None) = (&spec.output.file, recorded.started) {
+        // Nothing was recorded: a work file (created when the pipeline started) goes, and an
+        // empty local file too.
+        deliver::discard_unstarted(out);
+    }
     if let (Some(out), Some(started)) = (&spec.output.file, recorded.started) {
         let (delivered, upload_error) = deliver::deliver(
             out,
@@ -281,4 +345,58 @@ pub async fn run(
         "recording ended"
     );
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::FileOutput;
+
+    fn panicking(file: Option<FileOutput>) -> SessionHandle {
+        let (commands, _rx) = mpsc::channel(1);
+        SessionHandle {
+            id: "RR_panic".into(),
+            room_name: "room".into(),
+            commands,
+            task: tokio::spawn(async { panic!("a bug") }),
+            file,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicked_session_names_its_file_or_removes_an_empty_work_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let work = FileOutput {
+            local_path: dir.path().join("RR_panic-x-room.mp4"),
+            upload_key: Some("room.mp4".into()),
+            keep: false,
+        };
+        // Written to: kept and named, so nothing is lost and nothing is leaked silently.
+        std::fs::write(&work.local_path, vec![1u8; 2048]).unwrap();
+        let r = panicking(Some(work.clone())).wait().await;
+        assert_eq!(r.end, EndReason::Failed);
+        let error = r.error.unwrap();
+        assert!(error.starts_with("recording task failed: "), "{error}");
+        assert!(error.contains("a bug"), "{error}");
+        assert!(
+            error.ends_with(&format!(
+                "the recording is kept at {}",
+                work.local_path.display()
+            )),
+            "{error}"
+        );
+        let f = r.file.unwrap();
+        assert_eq!(f.local_path.as_ref(), Some(&work.local_path));
+        assert_eq!(f.size, 2048);
+        // Empty: removed.
+        std::fs::write(&work.local_path, b"").unwrap();
+        let r = panicking(Some(work.clone())).wait().await;
+        assert!(r.file.is_none());
+        assert!(!work.local_path.exists(), "the empty work file is removed");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "nothing left in the work dir"
+        );
+    }
 }

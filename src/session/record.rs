@@ -7,6 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 
 use super::streams::{StreamOutcome, Streams};
+use super::watchdog::{Alarm, Watchdog};
 use super::{Command, EndReason, OutputError, SessionContext, SessionError, SessionEvent};
 use crate::audio::AudioServer;
 use crate::browser::{Browser, BrowserOptions, ConsoleMessage};
@@ -28,8 +29,11 @@ const AUDIO_WARM_UP: Duration = Duration::from_secs(3);
 const EOS_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a pipeline error waits for a dying server to be noticed (to name it, not the source).
 const DEATH_NOTICE: Duration = Duration::from_millis(200);
+/// How long a lost DevTools connection waits for Chromium's exit to be noticed (a browser that
+/// dies closes the connection first).
+const DISCONNECT_NOTICE: Duration = Duration::from_secs(1);
 
-type Console = mpsc::UnboundedReceiver<ConsoleMessage>;
+type Console = mpsc::Receiver<ConsoleMessage>;
 
 /// What the recording phases produced, before delivery.
 pub(super) struct Recorded {
@@ -56,6 +60,7 @@ pub(super) async fn record(
         running: None,
         streams: Streams::default(),
         started: None,
+        watchdog: None,
     };
     let (end, error, finished) = rec.phases(commands).await;
     let ended = Instant::now();
@@ -135,6 +140,8 @@ enum Stop {
     LimitReached,
     Forced,
     Failed(SessionError),
+    /// The file cannot be written: finishing it would write more, so it is not tried.
+    WriteFailed(SessionError),
 }
 
 /// One step of the recording loop.
@@ -151,6 +158,8 @@ struct Recording<'a> {
     running: Option<Running>,
     streams: Streams,
     started: Option<(Instant, SystemTime)>,
+    /// Watches the page (and, once playing, the screen) while the recording waits or records.
+    watchdog: Option<Watchdog>,
 }
 
 impl Recording<'_> {
@@ -240,6 +249,12 @@ impl Recording<'_> {
             insecure: config.insecure,
             binary: (!config.chromium_path.is_empty())
                 .then(|| PathBuf::from(&config.chromium_path)),
+            policy: match crate::templates::serving() {
+                Some(addr) => config.network_policy().exempting(addr),
+                None => config.network_policy(),
+            },
+            sandbox: config.chromium_sandbox(),
+            console: markers,
         })
         .await?;
         let browser = parts.browser.insert(browser);
@@ -281,7 +296,14 @@ impl Recording<'_> {
         let parts = &self.starting;
         let browser = parts.browser.as_ref().expect("the browser started before");
         let timeout = self.ctx.config.start_timeout();
+        // A page that hangs or crashes before START would otherwise be waited on forever.
+        let watchdog = self.watchdog.insert(Watchdog::start(
+            browser.monitor(),
+            &self.ctx.config.watchdog,
+            None,
+        ));
         tokio::select! {
+            alarm = watchdog.alarm() => Err(alarm_error(alarm, parts.dead_part().await)),
             started = wait_marker(console, template::START_MARKER) => {
                 if started {
                     Ok(())
@@ -307,6 +329,11 @@ impl Recording<'_> {
             }
         };
         running.pipeline.play(PLAY_TIMEOUT).await?;
+        self.watchdog = Some(Watchdog::start(
+            running.browser.monitor(),
+            &self.ctx.config.watchdog,
+            Some(running.pipeline.video_clock()),
+        ));
         let now = (Instant::now(), SystemTime::now());
         self.started = Some(now);
         for url in self.spec.output.rtmp.iter().flatten() {
@@ -329,6 +356,10 @@ impl Recording<'_> {
             .max_duration
             .map(|d| tokio::time::Instant::now() + d);
         let force = self.ctx.force.clone();
+        let mut watchdog = self.watchdog.take();
+        // A closed console (Chromium gone, or its DevTools connection) is left to the watchdog
+        // and the exit watch to explain; it is not read again.
+        let mut console_open = true;
         loop {
             let Running {
                 display,
@@ -341,9 +372,17 @@ impl Recording<'_> {
                 cmd = commands.recv() => self.on_command(cmd).await,
                 _ = force.cancelled() => Step::End(Stop::Forced),
                 note = any_child_died(children) => Step::End(Stop::Failed(SessionError::PartDied(note))),
-                msg = console.recv(), if markers => on_console(msg),
+                msg = console.recv(), if markers && console_open => {
+                    console_open = msg.is_some();
+                    on_console(msg)
+                }
                 ev = pipeline.next_event() => self.on_pipeline(ev).await,
                 () = sleep_until_or_never(limit) => Step::End(Stop::LimitReached),
+                alarm = alarm_or_never(watchdog.as_mut()) => {
+                    let running = self.running.as_ref().expect("watch runs after play");
+                    let dead = running.dead_part_after(&alarm).await;
+                    Step::End(Stop::Failed(alarm_error(alarm, dead)))
+                }
             };
             if let Step::End(stop) = step {
                 return stop;
@@ -380,6 +419,21 @@ impl Recording<'_> {
     async fn on_pipeline(&mut self, ev: Option<PipelineEvent>) -> Step {
         let running = self.running.as_mut().expect("events come while recording");
         match ev {
+            Some(PipelineEvent::Error { element, message }) if element == FILE_SINK => {
+                // A full disk, or any write error: nothing more can be written, not even the
+                // file's end; what is there is kept up to its last complete fragment.
+                let path = self
+                    .spec
+                    .output
+                    .file
+                    .as_ref()
+                    .map(|f| f.local_path.display().to_string())
+                    .unwrap_or_default();
+                Step::End(Stop::WriteFailed(SessionError::WriteFailed {
+                    path,
+                    message,
+                }))
+            }
             Some(PipelineEvent::Error { element, message }) => {
                 // A source fails when its server dies: name the server, not the element.
                 tokio::time::sleep(DEATH_NOTICE).await;
@@ -391,7 +445,7 @@ impl Recording<'_> {
                 }))
             }
             Some(PipelineEvent::OutputFailed { url, message }) => {
-                tracing::warn!(output = %crate::pipeline::rtmp::redact(&url), error = %message, "rtmp output failed; the others go on");
+                tracing::warn!(output = %crate::policy::redact_stream_url(&url), error = %message, "rtmp output failed; the others go on");
                 if let Err(e) = running.pipeline.remove_output(&url).await {
                     tracing::debug!(error = %e, "failed rtmp output already gone");
                 }
@@ -421,6 +475,10 @@ impl Recording<'_> {
             Stop::LimitReached => (EndReason::LimitReached, None),
             Stop::Forced => return (EndReason::Forced, Some(SessionError::Forced), false),
             Stop::Failed(e) => (EndReason::Failed, Some(e)),
+            Stop::WriteFailed(e) => {
+                tracing::error!(error = %e, "the recording cannot be written; ending it");
+                return (EndReason::Failed, Some(e), false);
+            }
         };
         match &error {
             None => self.ctx.emit(SessionEvent::Ending { reason }),
@@ -446,6 +504,7 @@ impl Recording<'_> {
     /// processes are gone. A pipeline that cannot stop (a source blocked on a frozen X or audio
     /// server) is given a moment, then the servers are killed, which unblocks it.
     async fn teardown(&mut self) {
+        self.watchdog = None;
         let mut parts = match self.running.take() {
             Some(r) => Parts::from(r),
             None => std::mem::take(&mut self.starting),
@@ -493,6 +552,50 @@ impl Running {
         self.children()
             .into_iter()
             .find_map(|c| c.exit_status().map(|s| c.death_note(&s)))
+    }
+
+    /// A part whose death explains `alarm` (a dying Chromium closes DevTools first), if one
+    /// dies within a moment.
+    async fn dead_part_after(&self, alarm: &Alarm) -> Option<String> {
+        if *alarm != Alarm::DevToolsClosed {
+            return self.dead_part();
+        }
+        // Then the first dead part in order: a dead X server takes Chromium with it.
+        let _ = tokio::time::timeout(DISCONNECT_NOTICE, any_child_died(self.children())).await;
+        self.dead_part()
+    }
+}
+
+impl Parts {
+    /// As [`Running::dead_part_after`], while starting: a part that dies within a moment.
+    async fn dead_part(&self) -> Option<String> {
+        let _ = tokio::time::timeout(DISCONNECT_NOTICE, any_part_died(self)).await;
+        dead_part(self)
+    }
+}
+
+/// The element that writes the file (see the pipeline).
+const FILE_SINK: &str = "file_sink";
+
+/// The session's error for a watchdog's alarm; a dead part, when there is one, says it better.
+fn alarm_error(alarm: Alarm, dead_part: Option<String>) -> SessionError {
+    if let Some(note) = dead_part {
+        return SessionError::PartDied(note);
+    }
+    match alarm {
+        Alarm::RendererCrashed => SessionError::RendererCrashed,
+        Alarm::DevToolsClosed => SessionError::DevToolsClosed,
+        Alarm::PageUnresponsive { misses, every } => {
+            SessionError::PageUnresponsive { misses, every }
+        }
+        Alarm::NoVideo(d) => SessionError::NoVideo(d),
+    }
+}
+
+async fn alarm_or_never(watchdog: Option<&mut Watchdog>) -> Alarm {
+    match watchdog {
+        Some(w) => w.alarm().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -110,9 +110,11 @@ impl AzureBlob {
         })
     }
 
-    /// `<endpoint>/<container>/<name>`, the name as given.
+    /// `<endpoint>/<container>/<name>`, each piece of the name percent-encoded as the upload
+    /// sends it: the address of exactly the blob written (a `#` or `?` in a name stays in the
+    /// name).
     pub fn download_url(&self, name: &str) -> String {
-        format!("{}/{}/{}", self.endpoint, self.container, name)
+        self.blob_url(name).into()
     }
 
     fn error(&self, name: &str, message: String) -> UploadError {
@@ -461,9 +463,14 @@ mod tests {
             c.blob_url("x.mp4").as_str(),
             "http://127.0.0.1:10000/devstoreaccount1/videos/x.mp4"
         );
+        // The download URL names the blob written, whatever its name holds.
         assert_eq!(
-            c.download_url("a b.mp4"),
-            "http://127.0.0.1:10000/devstoreaccount1/videos/a b.mp4"
+            c.download_url("a b#1?.mp4"),
+            "http://127.0.0.1:10000/devstoreaccount1/videos/a%20b%231%3F.mp4"
+        );
+        assert_eq!(
+            c.download_url("x%2E%2E/y.mp4"),
+            "http://127.0.0.1:10000/devstoreaccount1/videos/x%252E%252E/y.mp4"
         );
     }
 

@@ -162,10 +162,12 @@ impl Uploader {
             concurrency: self.concurrency,
             retry: &self.retry,
         };
-        match &self.backend {
-            Backend::S3(t) => t.upload(&job).await?,
-            Backend::Azure(t) => t.upload(&job).await?,
-        }
+        let sent = match &self.backend {
+            Backend::S3(t) => t.upload(&job).await,
+            Backend::Azure(t) => t.upload(&job).await,
+        };
+        crate::metrics::metrics().upload(self.backend(), size, started.elapsed(), sent.is_ok());
+        sent?;
         let url = self.download_url(key);
         tracing::info!(
             backend = self.backend(),
@@ -433,9 +435,10 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(u.backend(), "azure");
+        // The blob's address, as the upload sends it (each piece percent-encoded).
         assert_eq!(
             u.download_url("room/a b.mp4"),
-            "https://acct.blob.core.windows.net/videos/room/a b.mp4"
+            "https://acct.blob.core.windows.net/videos/room/a%20b.mp4"
         );
         let u = uploader(FileOutputConfig {
             azblob: Some(azure("http://127.0.0.1:10000/devstoreaccount1/")),

@@ -644,6 +644,8 @@ impl EgressServer {
         req: wire::rpc::StartEgressRequest,
         opts: CallOptions,
     ) -> Outcome<EgressInfo> {
+        // Its storage keys and stream keys must never come out of the worker.
+        super::secrets::register_from_debug(&format!("{req:?}"));
         let opts = CallOptions {
             timeout: opts.timeout.max(START_TIMEOUT),
             ..opts
@@ -690,6 +692,7 @@ impl EgressServer {
         add: &[&str],
         remove: &[&str],
     ) -> Result<EgressInfo, RpcError> {
+        add.iter().for_each(|u| super::secrets::register(u));
         let req = UpdateStreamRequest {
             egress_id: egress_id.to_owned(),
             add_output_urls: add.iter().map(|s| (*s).to_owned()).collect(),

@@ -5,6 +5,7 @@
 pub mod egress;
 pub mod livekit;
 pub mod rtmp;
+pub mod secrets;
 pub mod storage;
 
 use std::collections::HashMap;
@@ -124,7 +125,11 @@ pub struct Recorder {
     /// Every process the recorder starts inherits this tag in its environment.
     pub tag: String,
     pub started: Instant,
+    /// The secrets its environment carries: none may appear in its output (checked when it is
+    /// waited for, or dropped) nor in its children's environments.
+    pub secrets: Vec<String>,
     logs: tempfile::TempDir,
+    scanned: bool,
 }
 
 /// How a recorder run ended.
@@ -160,6 +165,15 @@ impl Finished {
 impl Recorder {
     /// Starts the recorder with `env` (`LIVEKIT_RECORDER_CONFIG`, `RECORDING_REQUEST`, ...).
     pub fn start(env: &[(&str, &str)], args: &[&str]) -> Result<Self> {
+        Self::start_with(env, args, |_| {})
+    }
+
+    /// As [`Self::start`], with `configure` applied to the command last (a user to run as, say).
+    pub fn start_with(
+        env: &[(&str, &str)],
+        args: &[&str],
+        configure: impl FnOnce(&mut Command),
+    ) -> Result<Self> {
         use std::os::unix::process::CommandExt;
         let tag = format!("lkrec-test-{}-{}", std::process::id(), rand_suffix());
         let logs = tempfile::tempdir()?;
@@ -170,6 +184,8 @@ impl Recorder {
             .env_remove("SERVICE_MODE")
             .env_remove("EGRESS_MODE")
             .env("LKREC_TEST_TAG", &tag)
+            // Children get a cleared environment: the tag is passed on by name.
+            .env("LIVEKIT_RECORDER_CHILD_ENV", "LKREC_TEST_TAG")
             .env("RUST_LOG", "livekit_recorder=debug")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(logs.path().join("stdout"))?)
@@ -178,12 +194,15 @@ impl Recorder {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        configure(&mut cmd);
         let child = cmd.spawn().context("starting the recorder")?;
         Ok(Self {
             child,
             tag,
             started: Instant::now(),
+            secrets: secrets::from_env(env),
             logs,
+            scanned: false,
         })
     }
 
@@ -247,12 +266,22 @@ impl Recorder {
             std::thread::sleep(Duration::from_millis(20));
         };
         let took = self.started.elapsed();
-        Ok(Finished {
+        let done = Finished {
             code: status.code(),
             stdout: std::fs::read_to_string(self.logs.path().join("stdout")).unwrap_or_default(),
             stderr: self.stderr(),
             took,
-        })
+        };
+        self.scan_output();
+        Ok(done)
+    }
+
+    /// Checks stdout (the result line) and stderr (every log line) for secrets.
+    fn scan_output(&mut self) {
+        self.scanned = true;
+        let stdout = std::fs::read_to_string(self.logs.path().join("stdout")).unwrap_or_default();
+        secrets::scan("recorder stdout", &stdout, &self.secrets);
+        secrets::scan("recorder stderr", &self.stderr(), &self.secrets);
     }
 }
 
@@ -266,6 +295,9 @@ impl Drop for Recorder {
             );
             let _ = self.child.wait();
         }
+        if !self.scanned && !std::thread::panicking() {
+            self.scan_output();
+        }
     }
 }
 
@@ -274,39 +306,45 @@ fn rand_suffix() -> String {
     format!("{:x}", RandomState::new().hash_one(Instant::now()))
 }
 
-/// Processes whose environment carries `tag`: what a recorder run left behind.
+/// Processes whose environment carries `tag`, and the members of their process groups: what a
+/// recorder run left behind. (Chromium's helpers rewrite their environment's memory with their
+/// command line, so they are found through their browser's process group.)
 pub fn processes_with_tag(tag: &str) -> Vec<String> {
     let needle = format!("LKREC_TEST_TAG={tag}");
-    let mut found = Vec::new();
+    // (pid, process group, comm, tagged)
+    let mut all: Vec<(i32, i32, String, bool)> = Vec::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return found;
+        return Vec::new();
     };
     for entry in dir.flatten() {
         let name = entry.file_name();
         let Some(pid) = name
             .to_str()
             .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|n| n.parse::<i32>().ok())
         else {
             continue;
         };
-        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
+        // A zombie waiting for its parent's reaper is not a live process.
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else {
             continue;
         };
-        if env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
-            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-            // A zombie waiting for its parent's reaper is not a live process.
-            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-            if stat
-                .split(") ")
-                .nth(1)
-                .is_some_and(|rest| rest.starts_with('Z'))
-            {
-                continue;
-            }
-            found.push(format!("{pid} {}", comm.trim()));
+        let mut fields = rest.split(' ');
+        if fields.next().is_none_or(|state| state == "Z") {
+            continue;
         }
+        let pgid: i32 = fields.nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+        let tagged = std::fs::read(entry.path().join("environ"))
+            .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()));
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        all.push((pid, pgid, comm.trim().to_owned(), tagged));
     }
-    found
+    let leaders: Vec<i32> = all.iter().filter(|p| p.3).map(|p| p.0).collect();
+    all.iter()
+        .filter(|(_, pgid, _, tagged)| *tagged || leaders.contains(pgid))
+        .map(|(pid, _, comm, _)| format!("{pid} {comm}"))
+        .collect()
 }
 
 /// Asserts that nothing tagged `tag` is running, allowing a moment for exits in flight.

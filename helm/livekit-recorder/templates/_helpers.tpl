@@ -76,9 +76,9 @@ recorder's own defaults apply to every key left unset in values.
 {{- $mode }}
 {{- end }}
 
-{{/* Config keys only the egress worker reads (besides file_output.local_dir): left out in service mode. */}}
+{{/* Config keys only the egress worker reads: left out in service mode. */}}
 {{- define "livekit-recorder.egressKeys" -}}
-max_duration template_base cluster_id cpu_cost s3 azure session_limits enable_chrome_sandbox io_update_egress_info
+template_base cluster_id cpu_cost s3 azure session_limits enable_chrome_sandbox io_update_egress_info
 {{- end }}
 
 {{/*
@@ -103,7 +103,6 @@ container is set (an s3 map with only force_path_style would name a storage with
 {{- range splitList " " (include "livekit-recorder.egressKeys" .) }}
 {{- $_ := unset $c . }}
 {{- end }}
-{{- if kindIs "map" $c.file_output }}{{ $_ := unset $c.file_output "local_dir" }}{{ end }}
 {{- end }}
 {{- include "livekit-recorder.prune" $c }}
 {{- end }}
@@ -140,16 +139,14 @@ quota, as the recorder reads it); empty without a CPU limit (the worker then cou
 {{- end }}
 
 {{/*
-terminationGracePeriodSeconds. Egress mode: at least config.max_duration + 600, so that SIGTERM
-lets an egress of the longest allowed length finish and upload before SIGKILL.
+terminationGracePeriodSeconds: at least config.max_duration + 600 (both modes), so that SIGTERM
+lets a recording of the longest allowed length finish and upload before SIGKILL.
 */}}
 {{- define "livekit-recorder.grace" -}}
 {{- $grace := int64 .Values.terminationGracePeriodSeconds }}
-{{- if eq (include "livekit-recorder.mode" .) "egress" }}
 {{- $max := int64 (.Values.config.max_duration | default 0) }}
 {{- if gt $max 0 }}
 {{- $grace = max $grace (add $max 600) }}
-{{- end }}
 {{- end }}
 {{- $grace }}
 {{- end }}
@@ -161,4 +158,19 @@ lets an egress of the longest allowed length finish and upload before SIGKILL.
 {{- fail "config.health_port must be a port (1-65535): the liveness and readiness probes use it" }}
 {{- end }}
 {{- $port }}
+{{- end }}
+
+{{/*
+The pod template's annotations besides checksum/config, as YAML: the prometheus.io scrape
+annotations (metrics.scrapeAnnotations) with podAnnotations over them.
+*/}}
+{{- define "livekit-recorder.podAnnotations" -}}
+{{- $a := dict }}
+{{- if (.Values.metrics | default dict).scrapeAnnotations }}
+{{- $_ := set $a "prometheus.io/scrape" "true" }}
+{{- $_ := set $a "prometheus.io/port" (include "livekit-recorder.healthPort" .) }}
+{{- $_ := set $a "prometheus.io/path" "/metrics" }}
+{{- end }}
+{{- $a = mergeOverwrite $a (deepCopy (.Values.podAnnotations | default dict)) }}
+{{- if $a }}{{ toYaml $a }}{{ end }}
 {{- end }}
