@@ -232,7 +232,7 @@ impl Pipeline {
                 .build(),
         )?;
         let venc = make("x264enc", "video_enc")?;
-        count_frames(&venc, o.framerate);
+        guard_frames(&venc, o.framerate);
         venc.set_property("bitrate", o.video_bitrate);
         venc.set_property_from_str("speed-preset", "superfast");
         venc.set_property_from_str("tune", "zerolatency");
@@ -608,9 +608,12 @@ pub(crate) fn queue(name: &str, max_time: u64) -> Result<gst::Element, PipelineE
     Ok(q)
 }
 
-/// Counts the frames entering the encoder into the metrics, and the frames missing between
-/// them (a gap of more than one and a half frame durations).
-fn count_frames(encoder: &gst::Element, framerate: u32) {
+/// Guards the frames entering the encoder: a frame whose timestamp does not advance past the
+/// previous one is dropped (the capture can stamp two frames alike, which the MP4 then stores
+/// as a zero-length sample that players and ffmpeg reject as a non-monotonic DTS). Counts the
+/// frames into the metrics, and the frames missing between them (a gap of more than one and a
+/// half frame durations).
+fn guard_frames(encoder: &gst::Element, framerate: u32) {
     let Some(pad) = encoder.static_pad("sink") else {
         return;
     };
@@ -618,18 +621,24 @@ fn count_frames(encoder: &gst::Element, framerate: u32) {
     let last = std::sync::Mutex::new(None::<u64>);
     pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
         let m = crate::metrics::metrics();
-        m.frames_captured.inc();
-        if let (Some(pts), Ok(mut last)) = (
-            info.buffer().and_then(|b| b.pts()).map(|t| t.nseconds()),
-            last.lock(),
-        ) {
-            if let Some(prev) = last.replace(pts) {
-                let gap = pts.saturating_sub(prev);
-                if gap > frame + frame / 2 {
-                    m.frames_dropped.inc_by((gap + frame / 2) / frame - 1);
+        let pts = info.buffer().and_then(|b| b.pts()).map(|t| t.nseconds());
+        if let (Some(pts), Ok(mut last)) = (pts, last.lock()) {
+            match *last {
+                Some(prev) if pts <= prev => {
+                    tracing::debug!(pts, prev, "frame with a repeated timestamp dropped");
+                    return gst::PadProbeReturn::Drop;
                 }
+                Some(prev) => {
+                    let gap = pts - prev;
+                    if gap > frame + frame / 2 {
+                        m.frames_dropped.inc_by((gap + frame / 2) / frame - 1);
+                    }
+                }
+                None => {}
             }
+            *last = Some(pts);
         }
+        m.frames_captured.inc();
         gst::PadProbeReturn::Ok
     });
 }
@@ -668,4 +677,54 @@ fn link_to_mux(
     let src = from.static_pad("src").expect("queues have a src pad");
     src.link(&mux_pad)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn frames_with_repeated_timestamps_never_reach_the_encoder() {
+        init().unwrap();
+        let element = make("identity", "guarded").unwrap();
+        guard_frames(&element, 30);
+        let passed = Arc::new(AtomicUsize::new(0));
+        let count = passed.clone();
+        element
+            .static_pad("src")
+            .unwrap()
+            .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+                count.fetch_add(1, Ordering::SeqCst);
+                gst::PadProbeReturn::Drop
+            });
+        let src = gst::Pad::builder(gst::PadDirection::Src)
+            .name("feed")
+            .build();
+        src.link(&element.static_pad("sink").unwrap()).unwrap();
+        src.set_active(true).unwrap();
+        element.set_state(gst::State::Playing).unwrap();
+        src.push_event(gst::event::StreamStart::new("test"));
+        src.push_event(gst::event::Caps::new(&gst::Caps::new_empty_simple(
+            "video/x-raw",
+        )));
+        src.push_event(gst::event::Segment::new(&gst::FormattedSegment::<
+            gst::ClockTime,
+        >::new()));
+        let frame = 33_333_333u64;
+        for pts in [0, frame, frame, 2 * frame, frame, 3 * frame] {
+            let mut buffer = gst::Buffer::new();
+            buffer
+                .get_mut()
+                .unwrap()
+                .set_pts(gst::ClockTime::from_nseconds(pts));
+            let _ = src.push(buffer);
+        }
+        element.set_state(gst::State::Null).unwrap();
+        assert_eq!(
+            passed.load(Ordering::SeqCst),
+            4,
+            "the repeated and the backwards frame are dropped"
+        );
+    }
 }
