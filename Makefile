@@ -39,7 +39,7 @@ test-unit:
 # Recording tests run one at a time: each has its own display, audio server and ports, but two
 # encodes at once do not fit on 2 cores.
 test-integration:
-	$(CARGO) test --locked --tests -- --test-threads=1
+	$(CARGO) test --locked --no-fail-fast --tests -- --test-threads=1
 
 # Template unit tests (vitest) and browser tests, then both pages (legacy recorder form, egress
 # form) in Chromium as the recorder serves them.
