@@ -28,8 +28,8 @@ pub fn claim_key(payload: &[u8]) -> String {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
-    #[error("unable to connect to redis: {0}")]
-    Connect(String),
+    #[error("unable to connect to redis at {address}: {message}")]
+    Connect { address: String, message: String },
     #[error("invalid redis address {address:?}: {message}")]
     Address { address: String, message: String },
     #[error("redis: {0}")]
@@ -63,7 +63,13 @@ impl Bus {
         cfg: &RedisConfig,
     ) -> Result<(Self, mpsc::UnboundedReceiver<Event>), BusError> {
         let info = connection_info(cfg)?;
-        let client = redis::Client::open(info).map_err(|e| BusError::Connect(e.to_string()))?;
+        // Where, never who: the address without credentials.
+        let address = info.addr().to_string();
+        let connect_error = |e: &dyn std::fmt::Display| BusError::Connect {
+            address: address.clone(),
+            message: e.to_string(),
+        };
+        let client = redis::Client::open(info).map_err(|e| connect_error(&e))?;
         let (push_tx, mut push_rx) = mpsc::unbounded_channel::<PushInfo>();
         let config = ConnectionManagerConfig::new()
             .set_push_sender(push_tx)
@@ -74,7 +80,7 @@ impl Bus {
             .set_number_of_retries(3);
         let conn = ConnectionManager::new_with_config(client, config)
             .await
-            .map_err(|e| BusError::Connect(e.to_string()))?;
+            .map_err(|e| connect_error(&e))?;
 
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
@@ -93,9 +99,7 @@ impl Bus {
             }
         });
         let mut bus = Self { conn };
-        bus.ping()
-            .await
-            .map_err(|e| BusError::Connect(e.to_string()))?;
+        bus.ping().await.map_err(|e| connect_error(&e))?;
         Ok((bus, rx))
     }
 

@@ -388,24 +388,30 @@ fn an_unreachable_redis_is_a_clear_error() -> Result<()> {
     .wait(Duration::from_secs(30))?;
     assert_eq!(done.code, Some(1));
     assert!(
-        done.stderr.contains("unable to connect to redis"),
+        done.stderr
+            .contains(&format!("unable to connect to redis at 127.0.0.1:{port}")),
         "{}",
         done.stderr
     );
-    let done = Recorder::start(
-        &[
-            ("SERVICE_MODE", "1"),
-            ("LIVEKIT_RECORDER_CONFIG", "log_level: info"),
-        ],
-        &[],
-    )?
-    .wait(Duration::from_secs(10))?;
-    assert_ne!(done.code, Some(0));
-    assert!(
-        done.stderr.contains("redis.address is required"),
-        "{}",
-        done.stderr
-    );
+    // No address means localhost:6379, as in the original (checked only where nothing listens
+    // there, so the recorder cannot reach a Redis that is not the test's).
+    if std::net::TcpStream::connect(("127.0.0.1", 6379)).is_err() {
+        let done = Recorder::start(
+            &[
+                ("SERVICE_MODE", "1"),
+                ("LIVEKIT_RECORDER_CONFIG", "log_level: info"),
+            ],
+            &[],
+        )?
+        .wait(Duration::from_secs(30))?;
+        assert_eq!(done.code, Some(1));
+        assert!(
+            done.stderr
+                .contains("unable to connect to redis at localhost:6379"),
+            "{}",
+            done.stderr
+        );
+    }
     Ok(())
 }
 
