@@ -8,11 +8,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use common::livekit::{wait_health, RedisServer, Server};
+use common::livekit::{self, url_request, wait_health, RedisServer, Server};
 use common::{assert_nothing_left, storage::free_port, Recorder, WebServer};
-use livekit_recorder::proto::livekit::{
-    start_recording_request, RecordingOptions, StartRecordingRequest,
-};
 use nix::sys::signal::Signal;
 
 /// GET `path` on the health port: (status code, body).
@@ -61,20 +58,6 @@ fn value(m: &HashMap<String, f64>, key: &str) -> f64 {
     m.get(key).copied().unwrap_or(f64::NAN)
 }
 
-fn request(url: &str, path: &std::path::Path) -> StartRecordingRequest {
-    StartRecordingRequest {
-        input: Some(start_recording_request::Input::Url(url.to_owned())),
-        output: Some(start_recording_request::Output::Filepath(
-            path.to_str().unwrap().to_owned(),
-        )),
-        options: Some(RecordingOptions {
-            width: 640,
-            height: 360,
-            ..Default::default()
-        }),
-    }
-}
-
 const STARTED: &str = "livekit_recorder_recordings_started_total{mode=service}";
 const COMPLETED: &str = "livekit_recorder_recordings_completed_total{mode=service}";
 const FAILED: &str = "livekit_recorder_recordings_failed_total{mode=service,reason=recording}";
@@ -87,18 +70,8 @@ const FRAMES: &str = "livekit_recorder_frames_captured_total{}";
 async fn metrics_move_by_exactly_one_per_recording_and_failure() -> Result<()> {
     let redis = RedisServer::start()?;
     let web = WebServer::start(&[])?;
-    let port = free_port()?;
-    let config = format!(
-        // Service-mode files must lie under local_dir: the test's temporary directory is there.
-        "redis: {{address: \"{}\"}}\nhealth_port: {port}\nfile_output: {{local: true, local_dir: {}}}\nlog_level: debug\n",
-        redis.address(),
-        std::env::temp_dir().display()
-    );
-    let rec = Recorder::start(
-        &[("SERVICE_MODE", "1"), ("LIVEKIT_RECORDER_CONFIG", &config)],
-        &[],
-    )?;
-    wait_health(port, "available", Duration::from_secs(15))?;
+    let daemon = livekit::start_daemon(&redis, &livekit::local_files_in_temp())?;
+    let (rec, port) = (daemon.rec, daemon.health_port);
     assert_eq!(get(port, "/readyz")?.0, 200, "ready while available");
     assert_eq!(get(port, "/healthz")?, (200, "ok".to_owned()));
     let before = scrape(port)?;
@@ -112,7 +85,7 @@ async fn metrics_move_by_exactly_one_per_recording_and_failure() -> Result<()> {
     let mut results = lk.results().await?;
     let dir = tempfile::tempdir()?;
     let id = lk.reserve().await?.expect("acked");
-    lk.start(&id, request(&web.url("/"), &dir.path().join("a.mp4")))
+    lk.start(&id, url_request(&web.url("/"), &dir.path().join("a.mp4")))
         .await?
         .expect("started");
     wait_health(port, "recording", Duration::from_secs(10))?;
@@ -145,7 +118,7 @@ async fn metrics_move_by_exactly_one_per_recording_and_failure() -> Result<()> {
     let closed = free_port()?;
     lk.start(
         &id,
-        request(
+        url_request(
             &format!("http://127.0.0.1:{closed}/"),
             &dir.path().join("b.mp4"),
         ),

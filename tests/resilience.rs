@@ -12,54 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use common::livekit::{wait_health, RedisServer, Server};
+use common::livekit::{start_daemon, url_request, wait_health, RedisServer, Server};
 use common::*;
 use livekit_recorder::proto::livekit::{
     start_recording_request, RecordingInfo, RecordingOptions, RecordingTemplate,
     StartRecordingRequest,
 };
 use nix::sys::signal::Signal;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Daemon {
-    rec: Recorder,
-    health_port: u16,
-}
-
-fn start_daemon(redis: &RedisServer, extra: &str) -> Result<Daemon> {
-    let health_port = free_port();
-    let config = format!(
-        "redis: {{address: \"{}\"}}\nhealth_port: {health_port}\nlog_level: debug\n{extra}",
-        redis.address()
-    );
-    let rec = Recorder::start(
-        &[("SERVICE_MODE", "1"), ("LIVEKIT_RECORDER_CONFIG", &config)],
-        &[],
-    )?;
-    wait_health(health_port, "available", Duration::from_secs(20))?;
-    Ok(Daemon { rec, health_port })
-}
-
-fn url_request(url: &str, path: &Path) -> StartRecordingRequest {
-    StartRecordingRequest {
-        input: Some(start_recording_request::Input::Url(url.to_owned())),
-        output: Some(start_recording_request::Output::Filepath(
-            path.to_str().unwrap().to_owned(),
-        )),
-        options: Some(RecordingOptions {
-            width: 640,
-            height: 360,
-            ..Default::default()
-        }),
-    }
-}
 
 /// An animated page that runs `script`.
 fn page(script: &str) -> String {

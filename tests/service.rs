@@ -6,54 +6,18 @@ mod common;
 use std::time::Duration;
 
 use anyhow::Result;
-use common::livekit::{health, now_ms, wait_health, RedisServer, Server};
+use common::livekit::{
+    self, free_port, health, now_ms, url_request, wait_health, Daemon, RedisServer, Server,
+};
 use common::*;
 use livekit_recorder::proto::livekit::{
     start_recording_request, RecordingOptions, StartRecordingRequest,
 };
 use nix::sys::signal::Signal;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Daemon {
-    rec: Recorder,
-    health_port: u16,
-}
-
+/// A service-mode recorder whose request files go under the temp dir.
 fn start_daemon(redis: &RedisServer, extra: &str) -> Result<Daemon> {
-    let health_port = free_port();
-    // Requests' files must lie under local_dir: the tests' temporary directories are there.
-    let config = format!(
-        "redis: {{address: \"{}\"}}\nhealth_port: {health_port}\nfile_output: {{local: true, local_dir: {}}}\nlog_level: debug\n{extra}",
-        redis.address(),
-        std::env::temp_dir().display()
-    );
-    let rec = Recorder::start(
-        &[("SERVICE_MODE", "1"), ("LIVEKIT_RECORDER_CONFIG", &config)],
-        &[],
-    )?;
-    wait_health(health_port, "available", Duration::from_secs(15))?;
-    Ok(Daemon { rec, health_port })
-}
-
-fn url_request(url: &str, path: &std::path::Path) -> StartRecordingRequest {
-    StartRecordingRequest {
-        input: Some(start_recording_request::Input::Url(url.to_owned())),
-        output: Some(start_recording_request::Output::Filepath(
-            path.to_str().unwrap().to_owned(),
-        )),
-        options: Some(RecordingOptions {
-            width: 640,
-            height: 360,
-            ..Default::default()
-        }),
-    }
+    livekit::start_daemon(redis, &format!("{}{extra}", livekit::local_files_in_temp()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -8,8 +8,9 @@ use anyhow::{bail, Context, Result};
 use base64::Engine;
 use futures::StreamExt;
 use livekit_recorder::proto::livekit::{
-    recording_request, AddOutputRequest, EndRecordingRequest, RecordingInfo, RecordingRequest,
-    RecordingReservation, RecordingResponse, RemoveOutputRequest, StartRecordingRequest,
+    recording_request, start_recording_request, AddOutputRequest, EndRecordingRequest,
+    RecordingInfo, RecordingOptions, RecordingRequest, RecordingReservation, RecordingResponse,
+    RemoveOutputRequest, StartRecordingRequest,
 };
 use prost::Message;
 use sha2::Digest;
@@ -310,4 +311,59 @@ pub fn wait_health(port: u16, want: &str, timeout: Duration) -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     bail!("health stayed {last:?}, wanted {want:?}")
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("a free loopback port")
+        .local_addr()
+        .expect("a bound socket has an address")
+        .port()
+}
+
+/// A service-mode recorder with its health port.
+pub struct Daemon {
+    pub rec: super::Recorder,
+    pub health_port: u16,
+}
+
+/// Starts a service-mode recorder on `redis` with `extra` appended to its config (Redis, health
+/// port and debug logs are set) and waits until it is available.
+pub fn start_daemon(redis: &RedisServer, extra: &str) -> Result<Daemon> {
+    let health_port = free_port();
+    let config = format!(
+        "redis: {{address: \"{}\"}}\nhealth_port: {health_port}\nlog_level: debug\n{extra}",
+        redis.address()
+    );
+    let rec = super::Recorder::start(
+        &[("SERVICE_MODE", "1"), ("LIVEKIT_RECORDER_CONFIG", &config)],
+        &[],
+    )?;
+    wait_health(health_port, "available", Duration::from_secs(20))?;
+    Ok(Daemon { rec, health_port })
+}
+
+/// Local files under the system's temp dir, where the tests' temporary directories are
+/// (service-mode files must lie under `local_dir`).
+pub fn local_files_in_temp() -> String {
+    format!(
+        "file_output: {{local: true, local_dir: {}}}\n",
+        std::env::temp_dir().display()
+    )
+}
+
+/// A small (640x360) recording of `url` to the file `path`.
+pub fn url_request(url: &str, path: &std::path::Path) -> StartRecordingRequest {
+    StartRecordingRequest {
+        input: Some(start_recording_request::Input::Url(url.to_owned())),
+        output: Some(start_recording_request::Output::Filepath(
+            path.to_str().expect("UTF-8 test paths").to_owned(),
+        )),
+        options: Some(RecordingOptions {
+            width: 640,
+            height: 360,
+            ..Default::default()
+        }),
+    }
 }
