@@ -51,8 +51,9 @@ fn check_playable(bytes: &[u8], min_secs: f64) -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_recording_lands_in_s3_at_the_requested_key() -> Result<()> {
+/// A moto S3 server with an empty `recordings` bucket, and a client for it (the recorder's
+/// config names the same keys: `testing` / `testing-secret`, us-east-1).
+async fn recordings_bucket() -> Result<(storage::Server, aws_sdk_s3::Client)> {
     let moto = storage::moto()?;
     let cfg = S3Config {
         access_key: "testing".into(),
@@ -64,6 +65,12 @@ async fn a_recording_lands_in_s3_at_the_requested_key() -> Result<()> {
     };
     let client = s3::client(&cfg)?;
     client.create_bucket().bucket("recordings").send().await?;
+    Ok((moto, client))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_lands_in_s3_at_the_requested_key() -> Result<()> {
+    let (moto, client) = recordings_bucket().await?;
     let work = tempfile::tempdir()?;
     let config = format!(
         "file_output:\n  work_dir: {}\n  s3: {{access_key: testing, secret: testing-secret, region: us-east-1, bucket: recordings, endpoint: \"{}\"}}",
@@ -101,17 +108,7 @@ async fn a_recording_lands_in_s3_at_the_requested_key() -> Result<()> {
 /// decides where the file is written).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_and_s3_uploads_and_keeps_the_file() -> Result<()> {
-    let moto = storage::moto()?;
-    let cfg = S3Config {
-        access_key: "testing".into(),
-        secret: "testing-secret".into(),
-        endpoint: moto.url(),
-        region: "us-east-1".into(),
-        bucket: "recordings".into(),
-        ..Default::default()
-    };
-    let client = s3::client(&cfg)?;
-    client.create_bucket().bucket("recordings").send().await?;
+    let (moto, client) = recordings_bucket().await?;
     let work = tempfile::tempdir()?;
     let out = tempfile::tempdir()?;
     let local = out.path().join("rooms/kept.mp4");
