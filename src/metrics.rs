@@ -6,7 +6,6 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use crate::session::{EndReason, SessionResult};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
@@ -189,26 +188,17 @@ impl Metrics {
         self.recordings_active.inc();
     }
 
-    /// A recording of `mode` ended: completed or failed (with its reason), and how long it
-    /// recorded.
-    pub fn session_ended(&self, mode: &str, r: &SessionResult) {
+    /// A recording of `mode` ended: completed (`failure` is `None`) or failed, one of
+    /// [`FAILURE_REASONS`]; it recorded for `recorded`.
+    pub fn session_ended(&self, mode: &str, failure: Option<&'static str>, recorded: Duration) {
         self.recordings_active.dec();
-        let reason = match (r.end, &r.error) {
-            (_, None) => None,
-            (EndReason::Aborted, _) => Some("aborted"),
-            (EndReason::Forced, _) => Some("forced"),
-            (EndReason::Failed, _) => Some("recording"),
-            // Recorded to its end; only the upload failed.
-            (_, Some(_)) => Some("upload"),
-        };
-        match reason {
+        match failure {
             None => self.recordings_completed.with_label_values(&[mode]).inc(),
             Some(reason) => self
                 .recordings_failed
                 .with_label_values(&[mode, reason])
                 .inc(),
         }
-        let recorded = r.duration();
         if !recorded.is_zero() {
             self.recording_seconds.observe(recorded.as_secs_f64());
         }

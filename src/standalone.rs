@@ -95,7 +95,7 @@ pub async fn run(
     });
     crate::metrics::metrics().session_started("standalone");
     let result = session.wait().await;
-    crate::metrics::metrics().session_ended("standalone", &result);
+    result.count("standalone");
     signals.abort();
     stop.abort();
     let info = crate::service::recording_info(&result);

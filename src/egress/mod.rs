@@ -82,14 +82,8 @@ enum Event {
         call: Call,
         won: bool,
     },
-    Session {
-        id: String,
-        event: SessionEvent,
-    },
-    Ended {
-        id: String,
-        result: Box<SessionResult>,
-    },
+    /// What a session reported; its last event (Complete or Failed) ends the egress.
+    Session { id: String, event: SessionEvent },
 }
 
 struct Worker {
@@ -378,8 +372,11 @@ impl Worker {
                 let result = self.update_stream(&req).await;
                 respond(&incoming, result.map(|info| info.encode_to_vec())).await;
             }
+            Event::Session {
+                id,
+                event: SessionEvent::Complete(result) | SessionEvent::Failed(result),
+            } => self.on_session_end(&id, *result).await,
             Event::Session { id, event } => self.on_session_event(&id, event),
-            Event::Ended { id, result } => self.on_session_end(&id, *result).await,
         }
     }
 
@@ -425,7 +422,9 @@ impl Worker {
         }
 
         let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
-        let mut session = SessionHandle::spawn(
+        // The session runs on its own (dropping its handle does not stop it); its events, the
+        // last of them with its result, come to this loop.
+        let session = SessionHandle::spawn(
             job.spec.clone(),
             SessionContext {
                 config: self.config.clone(),
@@ -445,15 +444,6 @@ impl Worker {
                     event,
                 });
             }
-        });
-        let events = self.events.clone();
-        let eid = id.clone();
-        tokio::spawn(async move {
-            let result = session.wait().await;
-            let _ = events.send(Event::Ended {
-                id: eid,
-                result: Box::new(result),
-            });
         });
         metrics().session_started("egress");
         tracing::info!(egress_id = %id, kind = ?job.kind, room = %info.room_name, "egress starting");
@@ -561,6 +551,8 @@ impl Worker {
                 }
                 true
             }
+            // The last event ends the egress (see `on_session_end`).
+            SessionEvent::Complete(_) | SessionEvent::Failed(_) => false,
         };
         if changed {
             e.reporter.send(e.tracker.snapshot());
@@ -571,7 +563,7 @@ impl Worker {
         let Some(mut e) = self.egresses.remove(id) else {
             return;
         };
-        metrics().session_ended("egress", &result);
+        result.count("egress");
         e.tracker.finish(&result);
         let info = e.tracker.snapshot();
         tracing::info!(egress_id = %id, status = info.status, error = %info.error, "egress ended");

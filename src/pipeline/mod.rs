@@ -182,8 +182,8 @@ pub enum PipelineEvent {
 
 /// A built pipeline and its bus reader.
 pub struct Pipeline {
-    /// Released on a thread of its own (see [`Self::dispose`]); taken only in drop.
-    pipeline: std::mem::ManuallyDrop<gst::Pipeline>,
+    /// Released on a thread of its own (see [`Self::dispose`]); `None` only once released.
+    pipeline: Option<gst::Pipeline>,
     /// The muxers (MP4 and/or FLV), where EOS is pushed when a branch is stuck.
     muxes: Vec<gst::Element>,
     events: mpsc::UnboundedReceiver<PipelineEvent>,
@@ -347,7 +347,7 @@ impl Pipeline {
             gst::BusSyncReply::Drop
         });
         Ok(Self {
-            pipeline: std::mem::ManuallyDrop::new(pipeline),
+            pipeline: Some(pipeline),
             muxes: mux_elements,
             events,
             outputs,
@@ -359,7 +359,7 @@ impl Pipeline {
 
     /// Sets the pipeline playing and waits until it is (or fails).
     pub async fn play(&mut self, timeout: Duration) -> Result<(), PipelineError> {
-        self.pipeline.set_state(gst::State::Playing).map_err(|e| {
+        self.graph().set_state(gst::State::Playing).map_err(|e| {
             PipelineError::Start(self.first_error().unwrap_or_else(|| e.to_string()))
         })?;
         let wait = async {
@@ -407,7 +407,7 @@ impl Pipeline {
         if !self.playing {
             return Ok(());
         }
-        let pipeline: gst::Pipeline = (*self.pipeline).clone();
+        let pipeline: gst::Pipeline = self.graph().clone();
         // Detached: a source blocked on a frozen server must not block us.
         drop(tokio::task::spawn_blocking(move || {
             pipeline.send_event(gst::event::Eos::new())
@@ -485,17 +485,22 @@ impl Pipeline {
         tokio::time::timeout(timeout, done).await.is_ok()
     }
 
+    /// The graph; present until released.
+    fn graph(&self) -> &gst::Pipeline {
+        self.pipeline
+            .as_ref()
+            .expect("the pipeline is taken only when released, which consumes self")
+    }
+
     fn release(mut self, done: Option<tokio::sync::oneshot::Sender<()>>) {
         self.playing = false;
-        // SAFETY: `self` is consumed here and `Drop` is skipped (mem::forget below), so the
-        // pipeline is taken exactly once.
-        let pipeline = unsafe { std::mem::ManuallyDrop::take(&mut self.pipeline) };
-        std::mem::forget(self);
-        release_on_thread(pipeline, done);
+        if let Some(pipeline) = self.pipeline.take() {
+            release_on_thread(pipeline, done);
+        }
     }
 
     fn first_error(&self) -> Option<String> {
-        let bus = self.pipeline.bus()?;
+        let bus = self.graph().bus()?;
         let msg = bus.pop_filtered(&[gst::MessageType::Error])?;
         match msg.view() {
             gst::MessageView::Error(e) => Some(e.error().to_string()),
@@ -506,9 +511,9 @@ impl Pipeline {
 
 impl Drop for Pipeline {
     fn drop(&mut self) {
-        // SAFETY: drop runs once and nothing uses the field afterwards.
-        let pipeline = unsafe { std::mem::ManuallyDrop::take(&mut self.pipeline) };
-        release_on_thread(pipeline, None);
+        if let Some(pipeline) = self.pipeline.take() {
+            release_on_thread(pipeline, None);
+        }
     }
 }
 

@@ -529,7 +529,7 @@ impl Service {
     }
 
     async fn on_session_end(&mut self, result: SessionResult) {
-        metrics().session_ended("service", &result);
+        result.count("service");
         // The session has uploaded the file already (when one is configured).
         self.finish_job(recording_info(&result)).await;
     }

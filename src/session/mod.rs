@@ -10,6 +10,7 @@
 //! fragment.
 
 mod deliver;
+mod engine;
 mod record;
 mod streams;
 mod watchdog;
@@ -60,7 +61,8 @@ pub enum OutputError {
 }
 
 /// What a session reports while it runs, in this order (each at most once, but
-/// [`SessionEvent::StreamFailed`]).
+/// [`SessionEvent::StreamFailed`]); the last is always [`SessionEvent::Complete`] or
+/// [`SessionEvent::Failed`], even when the session's task itself died.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionEvent {
     /// The page is up and has not logged START_RECORDING yet: nobody to record in the room.
@@ -71,6 +73,22 @@ pub enum SessionEvent {
     Ending { reason: EndReason },
     /// An RTMP URL failed; the other outputs go on.
     StreamFailed { url: String, error: String },
+    /// The recording ended without an error and its outputs are delivered: the file (size,
+    /// duration, location) and every stream (times, status).
+    Complete(Box<SessionResult>),
+    /// The recording failed: the error, and what was recorded and delivered all the same.
+    Failed(Box<SessionResult>),
+}
+
+impl SessionEvent {
+    /// The last event of a session, from its result.
+    pub fn ended(result: SessionResult) -> Self {
+        if result.error.is_none() {
+            Self::Complete(Box::new(result))
+        } else {
+            Self::Failed(Box::new(result))
+        }
+    }
 }
 
 /// What a result says when the recording reached `max_duration` (livekit egress's words).
@@ -148,7 +166,7 @@ pub enum SessionError {
 }
 
 /// The outcome of a session.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionResult {
     pub id: String,
     /// The room, for template input; empty otherwise.
@@ -178,6 +196,24 @@ impl SessionResult {
             file: None,
             streams: Vec::new(),
         }
+    }
+
+    /// Why it failed, as the metrics count it (one of [`crate::metrics::FAILURE_REASONS`]);
+    /// `None` when it completed.
+    pub fn failure_reason(&self) -> Option<&'static str> {
+        match (self.end, &self.error) {
+            (_, None) => None,
+            (EndReason::Aborted, _) => Some("aborted"),
+            (EndReason::Forced, _) => Some("forced"),
+            (EndReason::Failed, _) => Some("recording"),
+            // Recorded to its end; only the upload failed.
+            (_, Some(_)) => Some("upload"),
+        }
+    }
+
+    /// Counts the ended session in the metrics of front-end `mode`.
+    pub fn count(&self, mode: &str) {
+        crate::metrics::metrics().session_ended(mode, self.failure_reason(), self.duration());
     }
 
     /// Seconds recorded, from the first frame to the end.
@@ -213,28 +249,49 @@ impl SessionContext {
 
 /// A running session: send it commands, await its result.
 pub struct SessionHandle {
-    id: String,
-    room_name: String,
     commands: mpsc::Sender<Command>,
     task: tokio::task::JoinHandle<SessionResult>,
-    /// The recording's file, to account for if the task itself fails.
-    file: Option<crate::request::FileOutput>,
+    /// What to report if the task itself fails.
+    fallback: Fallback,
 }
 
 impl SessionHandle {
-    /// Starts [`run`] as a task.
+    /// Starts a recording on the real parts (Xvfb, PulseAudio, Chromium, GStreamer).
     pub fn spawn(spec: RecordingSpec, ctx: SessionContext) -> Self {
+        let engine = engine::Machine::new(&spec, &ctx, record::has_markers(&spec));
+        Self::spawn_with(spec, ctx, engine)
+    }
+
+    /// Starts [`run`] on `engine` as a task, watched by a second one: the session's last event
+    /// is sent even when its task panics.
+    fn spawn_with<E: engine::Engine + 'static>(
+        spec: RecordingSpec,
+        ctx: SessionContext,
+        engine: E,
+    ) -> Self {
         let (commands, rx) = mpsc::channel(16);
-        let id = spec.id.clone();
-        let room_name = spec.room_name().to_owned();
-        let file = spec.output.file.clone();
-        let task = tokio::spawn(run(spec, ctx, rx));
+        let fallback = Fallback {
+            id: spec.id.clone(),
+            room_name: spec.room_name().to_owned(),
+            file: spec.output.file.clone(),
+        };
+        let events = ctx.events.clone();
+        let inner = tokio::spawn(run(spec, ctx, engine, rx));
+        let watch = fallback.clone();
+        let task = tokio::spawn(async move {
+            let result = match inner.await {
+                Ok(r) => r,
+                Err(e) => watch.result(&e.to_string()),
+            };
+            if let Some(tx) = events {
+                let _ = tx.send(SessionEvent::ended(result.clone()));
+            }
+            result
+        });
         Self {
-            id,
-            room_name,
             commands,
             task,
-            file,
+            fallback,
         }
     }
 
@@ -247,13 +304,23 @@ impl SessionHandle {
     pub async fn wait(&mut self) -> SessionResult {
         match (&mut self.task).await {
             Ok(r) => r,
-            Err(e) => self.task_failed(&e.to_string()),
+            Err(e) => self.fallback.result(&e.to_string()),
         }
     }
+}
 
+/// What a session's result says when its task died: enough of the request to name the file.
+#[derive(Clone)]
+struct Fallback {
+    id: String,
+    room_name: String,
+    file: Option<crate::request::FileOutput>,
+}
+
+impl Fallback {
     /// The result of a session whose task died: its file is named in the error when anything
     /// was written (it plays up to its last fragment), else a work file is removed.
-    fn task_failed(&self, error: &str) -> SessionResult {
+    fn result(&self, error: &str) -> SessionResult {
         tracing::error!(id = %self.id, error, "recording task failed");
         let mut r = SessionResult::failed(
             &self.id,
@@ -289,14 +356,17 @@ impl SessionHandle {
     }
 }
 
-/// Runs one recording to its end. Never panics on bad input; every failure is in the result.
-pub async fn run(
+/// Runs one recording on `engine` to its end. Never panics on bad input; every failure is in
+/// the result.
+async fn run<E: engine::Engine>(
     spec: RecordingSpec,
     ctx: SessionContext,
+    mut engine: E,
     mut commands: mpsc::Receiver<Command>,
 ) -> SessionResult {
     let t0 = Instant::now();
-    let recorded = record::record(&spec, &ctx, &mut commands).await;
+    let recorded = record::record(&spec, &ctx, &mut engine, &mut commands).await;
+    drop(engine);
     // Nothing records any more: RPCs that arrive while the file is delivered get a clear no.
     commands.close();
 
@@ -348,55 +418,4 @@ pub async fn run(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::request::FileOutput;
-
-    fn panicking(file: Option<FileOutput>) -> SessionHandle {
-        let (commands, _rx) = mpsc::channel(1);
-        SessionHandle {
-            id: "RR_panic".into(),
-            room_name: "room".into(),
-            commands,
-            task: tokio::spawn(async { panic!("a bug") }),
-            file,
-        }
-    }
-
-    #[tokio::test]
-    async fn a_panicked_session_names_its_file_or_removes_an_empty_work_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let work = FileOutput {
-            local_path: dir.path().join("RR_panic-x-room.mp4"),
-            upload_key: Some("room.mp4".into()),
-            keep: false,
-        };
-        // Written to: kept and named, so nothing is lost and nothing is leaked silently.
-        std::fs::write(&work.local_path, vec![1u8; 2048]).unwrap();
-        let r = panicking(Some(work.clone())).wait().await;
-        assert_eq!(r.end, EndReason::Failed);
-        let error = r.error.unwrap();
-        assert!(error.starts_with("recording task failed: "), "{error}");
-        assert!(error.contains("a bug"), "{error}");
-        assert!(
-            error.ends_with(&format!(
-                "the recording is kept at {}",
-                work.local_path.display()
-            )),
-            "{error}"
-        );
-        let f = r.file.unwrap();
-        assert_eq!(f.local_path.as_ref(), Some(&work.local_path));
-        assert_eq!(f.size, 2048);
-        // Empty: removed.
-        std::fs::write(&work.local_path, b"").unwrap();
-        let r = panicking(Some(work.clone())).wait().await;
-        assert!(r.file.is_none());
-        assert!(!work.local_path.exists(), "the empty work file is removed");
-        assert_eq!(
-            std::fs::read_dir(dir.path()).unwrap().count(),
-            0,
-            "nothing left in the work dir"
-        );
-    }
-}
+mod tests;

@@ -1,30 +1,22 @@
 //! The recording phases of a session: start the parts, wait for the page's START, record until
-//! something ends it, finish the file, tear everything down.
+//! something ends it, finish the file, tear everything down. The parts are an [`Engine`]: the
+//! real one in production, a scripted one in this module's tests.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 
+use super::engine::{Console, Engine, Happening};
 use super::streams::{StreamOutcome, Streams};
-use super::watchdog::{Alarm, Watchdog};
+use super::watchdog::Alarm;
 use super::{Command, EndReason, OutputError, SessionContext, SessionError, SessionEvent};
-use crate::audio::AudioServer;
-use crate::browser::{Browser, BrowserOptions, ConsoleMessage};
-use crate::display::Display;
-use crate::pipeline::{Pipeline, PipelineError, PipelineEvent, PipelineSpec, Sinks};
-use crate::process::Child;
+use crate::browser::ConsoleMessage;
+use crate::pipeline::{PipelineError, PipelineEvent};
 use crate::request::{Input, RecordingSpec};
 use crate::template;
 
 /// How long the pipeline has to reach PLAYING.
 const PLAY_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often a template page is checked for an error while it has not started.
-const PAGE_ERROR_POLL: Duration = Duration::from_millis(500);
-/// How long the pipeline may take to stop before its servers are killed under it.
-const PIPELINE_STOP_WAIT: Duration = Duration::from_secs(3);
-/// How long the audio sink may take to deliver its first block.
-const AUDIO_WARM_UP: Duration = Duration::from_secs(3);
 /// How long EOS has to travel through the pipeline.
 const EOS_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a pipeline error waits for a dying server to be noticed (to name it, not the source).
@@ -32,8 +24,6 @@ const DEATH_NOTICE: Duration = Duration::from_millis(200);
 /// How long a lost DevTools connection waits for Chromium's exit to be noticed (a browser that
 /// dies closes the connection first).
 const DISCONNECT_NOTICE: Duration = Duration::from_secs(1);
-
-type Console = mpsc::Receiver<ConsoleMessage>;
 
 /// What the recording phases produced, before delivery.
 pub(super) struct Recorded {
@@ -47,24 +37,31 @@ pub(super) struct Recorded {
     pub streams: Vec<StreamOutcome>,
 }
 
-/// Runs the phases and tears the parts down, whatever happened.
-pub(super) async fn record(
+/// Whether the page marks its own start and end (START_RECORDING / END_RECORDING).
+pub(super) fn has_markers(spec: &RecordingSpec) -> bool {
+    matches!(
+        spec.input,
+        Input::Template { .. } | Input::Page { markers: true, .. }
+    )
+}
+
+/// Runs the phases on `engine` and tears it down, whatever happened.
+pub(super) async fn record<E: Engine>(
     spec: &RecordingSpec,
     ctx: &SessionContext,
+    engine: &mut E,
     commands: &mut mpsc::Receiver<Command>,
 ) -> Recorded {
     let mut rec = Recording {
         spec,
         ctx,
-        starting: Parts::default(),
-        running: None,
+        engine,
         streams: Streams::default(),
         started: None,
-        watchdog: None,
     };
     let (end, error, finished) = rec.phases(commands).await;
     let ended = Instant::now();
-    rec.teardown().await;
+    rec.engine.teardown().await;
     let end = match (&error, rec.started) {
         (Some(SessionError::Aborted), _) => EndReason::Aborted,
         (Some(SessionError::Forced), _) => EndReason::Forced,
@@ -85,54 +82,6 @@ pub(super) async fn record(
     }
 }
 
-/// The parts while they start (any may be missing), and what teardown stops.
-#[derive(Default)]
-struct Parts {
-    display: Option<Display>,
-    audio: Option<AudioServer>,
-    browser: Option<Browser>,
-    pipeline: Option<Pipeline>,
-}
-
-impl Parts {
-    /// The running parts, once every one has started; else the parts as they are.
-    fn into_running(self) -> Result<Running, Box<Parts>> {
-        match self {
-            Parts {
-                display: Some(display),
-                audio: Some(audio),
-                browser: Some(browser),
-                pipeline: Some(pipeline),
-            } => Ok(Running {
-                display,
-                audio,
-                browser,
-                pipeline,
-            }),
-            parts => Err(Box::new(parts)),
-        }
-    }
-}
-
-impl From<Running> for Parts {
-    fn from(r: Running) -> Self {
-        Self {
-            display: Some(r.display),
-            audio: Some(r.audio),
-            browser: Some(r.browser),
-            pipeline: Some(r.pipeline),
-        }
-    }
-}
-
-/// Every part, started.
-struct Running {
-    display: Display,
-    audio: AudioServer,
-    browser: Browser,
-    pipeline: Pipeline,
-}
-
 /// How the recording loop ended.
 enum Stop {
     Stopped,
@@ -150,26 +99,15 @@ enum Step {
     End(Stop),
 }
 
-struct Recording<'a> {
+struct Recording<'a, E> {
     spec: &'a RecordingSpec,
     ctx: &'a SessionContext,
-    /// The parts while starting; empty once they run.
-    starting: Parts,
-    running: Option<Running>,
+    engine: &'a mut E,
     streams: Streams,
     started: Option<(Instant, SystemTime)>,
-    /// Watches the page (and, once playing, the screen) while the recording waits or records.
-    watchdog: Option<Watchdog>,
 }
 
-impl Recording<'_> {
-    fn markers(&self) -> bool {
-        matches!(
-            self.spec.input,
-            Input::Template { .. } | Input::Page { markers: true, .. }
-        )
-    }
-
+impl<E: Engine> Recording<'_, E> {
     /// Start, wait for START, play, record, finish: (why it ended, its error, file finished).
     async fn phases(
         &mut self,
@@ -185,7 +123,7 @@ impl Recording<'_> {
             Ok(c) => c,
             Err(e) => return (EndReason::Failed, Some(e), false),
         };
-        if self.markers() {
+        if has_markers(self.spec) {
             self.ctx.emit(SessionEvent::WaitingForStart);
             if let Err(e) = self.wait_start(&mut console, commands).await {
                 return (EndReason::Failed, Some(e), false);
@@ -225,66 +163,9 @@ impl Recording<'_> {
         })
     }
 
-    /// Starts the servers and the browser, loads the page and builds the pipeline.
     async fn start(&mut self) -> Result<Console, SessionError> {
         let url = self.page_url()?;
-        let markers = self.markers();
-        let o = self.spec.options;
-        let config = &self.ctx.config;
-        let parts = &mut self.starting;
-        // Audio first: its sink needs the longest to deliver (see AudioServer::warm_up).
-        let audio = parts
-            .audio
-            .insert(AudioServer::start(o.audio_frequency).await?);
-        let warm_up = audio.warm_up(AUDIO_WARM_UP);
-        let display = parts
-            .display
-            .insert(Display::start(o.width, o.height, o.depth).await?);
-        let (browser, console) = Browser::launch(&BrowserOptions {
-            display: display.name().to_owned(),
-            pulse_server: audio.server(),
-            pulse_sink: audio.sink().to_owned(),
-            width: o.width,
-            height: o.height,
-            insecure: config.insecure,
-            binary: (!config.chromium_path.is_empty())
-                .then(|| PathBuf::from(&config.chromium_path)),
-            policy: match crate::templates::serving() {
-                Some(addr) => config.network_policy().exempting(addr),
-                None => config.network_policy(),
-            },
-            sandbox: config.chromium_sandbox(),
-            console: markers,
-        })
-        .await?;
-        let browser = parts.browser.insert(browser);
-        browser.navigate(&url).await?;
-        if markers {
-            if let Some(text) = browser.eval_string(template::ERROR_PROBE).await? {
-                if !text.trim().is_empty() {
-                    return Err(SessionError::PageError(text.trim().to_owned()));
-                }
-            }
-        }
-        let out = &self.spec.output;
-        parts.pipeline = Some(Pipeline::build(&PipelineSpec {
-            display: display.name().to_owned(),
-            pulse_server: audio.server(),
-            pulse_device: audio.monitor(),
-            options: o,
-            sinks: Sinks {
-                file: out.file.as_ref().map(|f| f.local_path.clone()),
-                rtmp: out.rtmp.clone(),
-            },
-        })?);
-        match warm_up.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "audio warm-up failed; the audio may start late")
-            }
-            Err(e) => tracing::warn!(error = %e, "audio warm-up task failed"),
-        }
-        Ok(console)
+        self.engine.start(&url).await
     }
 
     /// Waits for the page's START_RECORDING (bounded only by `start_timeout` when configured).
@@ -293,47 +174,34 @@ impl Recording<'_> {
         console: &mut Console,
         commands: &mut mpsc::Receiver<Command>,
     ) -> Result<(), SessionError> {
-        let parts = &self.starting;
-        let browser = parts.browser.as_ref().expect("the browser started before");
         let timeout = self.ctx.config.start_timeout();
-        // A page that hangs or crashes before START would otherwise be waited on forever.
-        let watchdog = self.watchdog.insert(Watchdog::start(
-            browser.monitor(),
-            &self.ctx.config.watchdog,
-            None,
-        ));
-        tokio::select! {
-            alarm = watchdog.alarm() => Err(alarm_error(alarm, parts.dead_part().await)),
+        let force = self.ctx.force.clone();
+        let engine = &mut *self.engine;
+        let trouble = tokio::select! {
             started = wait_marker(console, template::START_MARKER) => {
                 if started {
-                    Ok(())
-                } else {
-                    Err(SessionError::PartDied(dead_part(parts).unwrap_or_else(|| "Chromium closed the page".into())))
+                    return Ok(());
                 }
+                Happening::Died(engine.dead_part().unwrap_or_else(|| "Chromium closed the page".into()))
             }
-            () = sleep_or_never(timeout) => Err(SessionError::StartTimeout(timeout.unwrap_or_default())),
-            _ = self.ctx.force.cancelled() => Err(SessionError::Aborted),
-            () = wait_stop(commands) => Err(SessionError::Aborted),
-            note = any_part_died(parts) => Err(SessionError::PartDied(note)),
-            text = page_error(browser) => Err(SessionError::PageError(text)),
-        }
+            h = engine.next() => h,
+            () = sleep_or_never(timeout) => return Err(SessionError::StartTimeout(timeout.unwrap_or_default())),
+            _ = force.cancelled() => return Err(SessionError::Aborted),
+            () = wait_stop(commands) => return Err(SessionError::Aborted),
+        };
+        Err(match trouble {
+            Happening::Died(note) => SessionError::PartDied(note),
+            Happening::PageError(text) => SessionError::PageError(text),
+            Happening::Alarm(alarm) => alarm_error(alarm, self.dead_part_after(true).await),
+            Happening::Pipeline(ev) => SessionError::Pipeline(PipelineError::Runtime(format!(
+                "pipeline event before it played: {ev:?}"
+            ))),
+        })
     }
 
     /// Plays the pipeline: from here on, the recording has started.
     async fn play(&mut self) -> Result<(), SessionError> {
-        let running = match std::mem::take(&mut self.starting).into_running() {
-            Ok(r) => self.running.insert(r),
-            Err(parts) => {
-                self.starting = *parts;
-                return Err(SessionError::NeverStarted);
-            }
-        };
-        running.pipeline.play(PLAY_TIMEOUT).await?;
-        self.watchdog = Some(Watchdog::start(
-            running.browser.monitor(),
-            &self.ctx.config.watchdog,
-            Some(running.pipeline.video_clock()),
-        ));
+        self.engine.play(PLAY_TIMEOUT).await?;
         let now = (Instant::now(), SystemTime::now());
         self.started = Some(now);
         for url in self.spec.output.rtmp.iter().flatten() {
@@ -350,39 +218,25 @@ impl Recording<'_> {
         console: &mut Console,
         commands: &mut mpsc::Receiver<Command>,
     ) -> Stop {
-        let markers = self.markers();
+        let markers = has_markers(self.spec);
         let limit = self
             .spec
             .max_duration
             .map(|d| tokio::time::Instant::now() + d);
         let force = self.ctx.force.clone();
-        let mut watchdog = self.watchdog.take();
         // A closed console (Chromium gone, or its DevTools connection) is left to the watchdog
         // and the exit watch to explain; it is not read again.
         let mut console_open = true;
         loop {
-            let Running {
-                display,
-                audio,
-                browser,
-                pipeline,
-            } = self.running.as_mut().expect("watch runs after play");
-            let children = [display.child(), audio.child(), browser.child()];
             let step = tokio::select! {
                 cmd = commands.recv() => self.on_command(cmd).await,
                 _ = force.cancelled() => Step::End(Stop::Forced),
-                note = any_child_died(children) => Step::End(Stop::Failed(SessionError::PartDied(note))),
                 msg = console.recv(), if markers && console_open => {
                     console_open = msg.is_some();
                     on_console(msg)
                 }
-                ev = pipeline.next_event() => self.on_pipeline(ev).await,
+                h = self.engine.next() => self.on_happening(h).await,
                 () = sleep_until_or_never(limit) => Step::End(Stop::LimitReached),
-                alarm = alarm_or_never(watchdog.as_mut()) => {
-                    let running = self.running.as_ref().expect("watch runs after play");
-                    let dead = running.dead_part_after(&alarm).await;
-                    Step::End(Stop::Failed(alarm_error(alarm, dead)))
-                }
             };
             if let Step::End(stop) = step {
                 return stop;
@@ -391,19 +245,18 @@ impl Recording<'_> {
     }
 
     async fn on_command(&mut self, cmd: Option<Command>) -> Step {
-        let running = self.running.as_mut().expect("commands run while recording");
         match cmd {
             Some(Command::Stop) | None => return Step::End(Stop::Stopped),
             Some(Command::AddOutput { url, reply }) => {
-                let r = running.pipeline.add_output(&url).map_err(OutputError::from);
+                let r = self.engine.add_output(&url).map_err(OutputError::from);
                 if r.is_ok() {
                     self.streams.start(&url, SystemTime::now());
                 }
                 let _ = reply.send(r);
             }
             Some(Command::RemoveOutput { url, reply }) => {
-                let r = running
-                    .pipeline
+                let r = self
+                    .engine
                     .remove_output(&url)
                     .await
                     .map_err(OutputError::from);
@@ -416,8 +269,20 @@ impl Recording<'_> {
         Step::Continue
     }
 
+    async fn on_happening(&mut self, h: Happening) -> Step {
+        match h {
+            Happening::Pipeline(ev) => self.on_pipeline(ev).await,
+            Happening::Died(note) => Step::End(Stop::Failed(SessionError::PartDied(note))),
+            Happening::Alarm(alarm) => {
+                let dead = self.dead_part_after(alarm == Alarm::DevToolsClosed).await;
+                Step::End(Stop::Failed(alarm_error(alarm, dead)))
+            }
+            // Only looked for before the recording plays.
+            Happening::PageError(_) => Step::Continue,
+        }
+    }
+
     async fn on_pipeline(&mut self, ev: Option<PipelineEvent>) -> Step {
-        let running = self.running.as_mut().expect("events come while recording");
         match ev {
             Some(PipelineEvent::Error { element, message }) if element == FILE_SINK => {
                 // A full disk, or any write error: nothing more can be written, not even the
@@ -437,7 +302,7 @@ impl Recording<'_> {
             Some(PipelineEvent::Error { element, message }) => {
                 // A source fails when its server dies: name the server, not the element.
                 tokio::time::sleep(DEATH_NOTICE).await;
-                Step::End(Stop::Failed(match running.dead_part() {
+                Step::End(Stop::Failed(match self.engine.dead_part() {
                     Some(note) => SessionError::PartDied(note),
                     None => SessionError::Pipeline(PipelineError::Runtime(format!(
                         "{element}: {message}"
@@ -446,7 +311,7 @@ impl Recording<'_> {
             }
             Some(PipelineEvent::OutputFailed { url, message }) => {
                 tracing::warn!(output = %crate::policy::redact_stream_url(&url), error = %message, "rtmp output failed; the others go on");
-                if let Err(e) = running.pipeline.remove_output(&url).await {
+                if let Err(e) = self.engine.remove_output(&url).await {
                     tracing::debug!(error = %e, "failed rtmp output already gone");
                 }
                 self.streams.end(&url, Some(message.clone()));
@@ -465,6 +330,16 @@ impl Recording<'_> {
                 PipelineError::Runtime("pipeline bus closed".into()),
             ))),
         }
+    }
+
+    /// A part whose death explains an alarm, if one dies within a moment (`wait`: a dying
+    /// Chromium closes DevTools before its exit is seen; a dead X server takes Chromium with it,
+    /// so the first dead part in order is named).
+    async fn dead_part_after(&self, wait: bool) -> Option<String> {
+        if wait {
+            let _ = tokio::time::timeout(DISCONNECT_NOTICE, self.engine.died()).await;
+        }
+        self.engine.dead_part()
     }
 
     /// Finishes the file (EOS) unless forced: (why it ended, its error, file finished).
@@ -486,10 +361,9 @@ impl Recording<'_> {
                 tracing::warn!(error = %e, "recording failed; finishing the file written so far")
             }
         }
-        let running = self.running.as_mut().expect("finish runs after play");
         let force = self.ctx.force.clone();
         tokio::select! {
-            r = running.pipeline.finish(EOS_TIMEOUT) => match r {
+            r = self.engine.finish(EOS_TIMEOUT) => match r {
                 Ok(()) => (reason, error, true),
                 Err(e) => {
                     tracing::warn!(error = %e, "could not finish the file; it stays fragmented");
@@ -498,79 +372,6 @@ impl Recording<'_> {
             },
             _ = force.cancelled() => (EndReason::Forced, error.or(Some(SessionError::Forced)), false),
         }
-    }
-
-    /// Stops every part that was started, the pipeline first, and waits until all their
-    /// processes are gone. A pipeline that cannot stop (a source blocked on a frozen X or audio
-    /// server) is given a moment, then the servers are killed, which unblocks it.
-    async fn teardown(&mut self) {
-        self.watchdog = None;
-        let mut parts = match self.running.take() {
-            Some(r) => Parts::from(r),
-            None => std::mem::take(&mut self.starting),
-        };
-        if let Some(p) = parts.pipeline.take() {
-            if !p.dispose(PIPELINE_STOP_WAIT).await {
-                tracing::warn!("pipeline still stopping; stopping its servers under it");
-            }
-        }
-        let browser = async {
-            if let Some(b) = parts.browser.as_mut() {
-                if let Err(e) = b.stop().await {
-                    tracing::error!(error = %e, "Chromium teardown");
-                }
-            }
-        };
-        let audio = async {
-            if let Some(a) = parts.audio.as_mut() {
-                if let Err(e) = a.stop().await {
-                    tracing::error!(error = %e, "PulseAudio teardown");
-                }
-            }
-        };
-        let display = async {
-            if let Some(d) = parts.display.as_mut() {
-                if let Err(e) = d.stop().await {
-                    tracing::error!(error = %e, "Xvfb teardown");
-                }
-            }
-        };
-        tokio::join!(browser, audio, display);
-    }
-}
-
-impl Running {
-    fn children(&self) -> [&Child; 3] {
-        [
-            self.display.child(),
-            self.audio.child(),
-            self.browser.child(),
-        ]
-    }
-
-    fn dead_part(&self) -> Option<String> {
-        self.children()
-            .into_iter()
-            .find_map(|c| c.exit_status().map(|s| c.death_note(&s)))
-    }
-
-    /// A part whose death explains `alarm` (a dying Chromium closes DevTools first), if one
-    /// dies within a moment.
-    async fn dead_part_after(&self, alarm: &Alarm) -> Option<String> {
-        if *alarm != Alarm::DevToolsClosed {
-            return self.dead_part();
-        }
-        // Then the first dead part in order: a dead X server takes Chromium with it.
-        let _ = tokio::time::timeout(DISCONNECT_NOTICE, any_child_died(self.children())).await;
-        self.dead_part()
-    }
-}
-
-impl Parts {
-    /// As [`Running::dead_part_after`], while starting: a part that dies within a moment.
-    async fn dead_part(&self) -> Option<String> {
-        let _ = tokio::time::timeout(DISCONNECT_NOTICE, any_part_died(self)).await;
-        dead_part(self)
     }
 }
 
@@ -589,13 +390,6 @@ fn alarm_error(alarm: Alarm, dead_part: Option<String>) -> SessionError {
             SessionError::PageUnresponsive { misses, every }
         }
         Alarm::NoVideo(d) => SessionError::NoVideo(d),
-    }
-}
-
-async fn alarm_or_never(watchdog: Option<&mut Watchdog>) -> Alarm {
-    match watchdog {
-        Some(w) => w.alarm().await,
-        None => std::future::pending().await,
     }
 }
 
@@ -646,57 +440,4 @@ async fn sleep_until_or_never(at: Option<tokio::time::Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-/// Resolves with the text of the page's `div.error` once it has one: a room that cannot be
-/// joined shows its error after the page has loaded, and would otherwise wait for a START that
-/// never comes.
-async fn page_error(browser: &Browser) -> String {
-    loop {
-        tokio::time::sleep(PAGE_ERROR_POLL).await;
-        match browser.eval_string(template::ERROR_PROBE).await {
-            Ok(Some(text)) if !text.trim().is_empty() => return text.trim().to_owned(),
-            Ok(_) => {}
-            Err(e) => tracing::debug!(error = %e, "could not read the page's error"),
-        }
-    }
-}
-
-/// Resolves with a death note when a server or the browser exits.
-async fn any_child_died([d, a, b]: [&Child; 3]) -> String {
-    tokio::select! {
-        n = watch(Some(d)) => n,
-        n = watch(Some(a)) => n,
-        n = watch(Some(b)) => n,
-    }
-}
-
-/// Resolves with a death note when any started part exits.
-async fn any_part_died(parts: &Parts) -> String {
-    tokio::select! {
-        n = watch(parts.display.as_ref().map(Display::child)) => n,
-        n = watch(parts.audio.as_ref().map(AudioServer::child)) => n,
-        n = watch(parts.browser.as_ref().map(Browser::child)) => n,
-    }
-}
-
-async fn watch(c: Option<&Child>) -> String {
-    match c {
-        Some(c) => {
-            let s = c.exited().await;
-            c.death_note(&s)
-        }
-        None => std::future::pending().await,
-    }
-}
-
-fn dead_part(parts: &Parts) -> Option<String> {
-    [
-        parts.display.as_ref().map(Display::child),
-        parts.audio.as_ref().map(AudioServer::child),
-        parts.browser.as_ref().map(Browser::child),
-    ]
-    .into_iter()
-    .flatten()
-    .find_map(|c| c.exit_status().map(|s| c.death_note(&s)))
 }
