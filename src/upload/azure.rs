@@ -154,7 +154,47 @@ impl AzureBlob {
         Ok((body.to_vec(), content_type))
     }
 
+    /// Uploads the file, then checks that the stored blob has its size: the local file is only
+    /// removed after that.
     pub(crate) async fn upload(&self, job: &Job<'_>) -> Result<(), UploadError> {
+        self.put(job).await?;
+        self.verify(job).await
+    }
+
+    /// Get Blob Properties (HEAD): the stored blob's size must be the file's.
+    async fn verify(&self, job: &Job<'_>) -> Result<(), UploadError> {
+        let stored = retry(job.retry, "Get Blob Properties", 0, || async {
+            match self
+                .send(Method::HEAD, self.blob_url(job.key), &[], Vec::new())
+                .await
+            {
+                Ok(r) => Ok(r
+                    .headers()
+                    .get(reqwest::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())),
+                Err(e) => Err(Failure {
+                    transient: true,
+                    message: describe(e),
+                }),
+            }
+        })
+        .await
+        .map_err(|m| self.error(job.key, format!("Get Blob Properties after upload: {m}")))?;
+        if stored != Some(job.size) {
+            let shown = stored.map_or_else(|| "an unknown number of".to_owned(), |n| n.to_string());
+            return Err(self.error(
+                job.key,
+                format!(
+                    "the stored blob has {shown} bytes, the file {}: the upload is incomplete",
+                    job.size
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn put(&self, job: &Job<'_>) -> Result<(), UploadError> {
         if job.size <= job.part_size {
             let body = read_range(job, 0, job.size)
                 .await

@@ -1,14 +1,21 @@
 //! S3 and S3-compatible uploads (aws-sdk-s3 over hyper + rustls/ring).
 //!
-//! Static credentials from the config; `endpoint` empty = AWS's endpoint for `region`
-//! (`us-east-1` when empty), set = that server with path-style addressing. The SDK's own retries
+//! Credentials: the config's `access_key`/`secret` (and `session_token`) when set, else AWS's
+//! default chain: environment, web identity (EKS IRSA), EKS Pod Identity and ECS container
+//! credentials, then IMDSv2 (an instance profile). `region`: the config's, else `AWS_REGION` /
+//! `AWS_DEFAULT_REGION`, else `us-east-1`. `endpoint` empty = AWS's endpoint for the region, set =
+//! that server with path-style addressing. The SDK's own retries
 //! are off: [`super::retry`] bounds them. Checksums are only sent where S3 requires them, which
 //! S3-compatible servers accept as well.
 
 use std::time::Duration;
 
+use aws_config::default_provider::credentials::DefaultCredentialsChain;
+use aws_config::provider_config::ProviderConfig;
+use aws_credential_types::provider::{future, ProvideCredentials, SharedCredentialsProvider};
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::SharedHttpClient;
 use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
@@ -48,33 +55,18 @@ impl std::fmt::Debug for S3Target {
     }
 }
 
-/// An S3 client for `cfg` (bucket not checked), as the uploader uses it: static credentials,
-/// the region or `us-east-1`, path-style addressing when an endpoint is set, no SDK retries.
+/// An S3 client for `cfg` (bucket not checked), as the uploader uses it: the config's keys or
+/// the default chain, the region, path-style addressing when an endpoint is set, no SDK retries.
 pub fn client(cfg: &S3Config) -> Result<Client, UploadError> {
-    for (key, value) in [
-        ("file_output.s3.access_key", &cfg.access_key),
-        ("file_output.s3.secret", &cfg.secret),
-    ] {
-        if value.is_empty() {
-            return Err(UploadError::Config {
-                key,
-                problem: "required when file_output.s3 is set".into(),
-            });
-        }
-    }
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(Provider::Rustls(CryptoMode::Ring))
         .build_https();
+    let region = Region::new(region(cfg));
+    let credentials = credentials(cfg, &http, &region)?;
     let mut builder = aws_sdk_s3::config::Builder::new()
         .behavior_version(BehaviorVersion::latest())
-        .region(Region::new(region(cfg)))
-        .credentials_provider(Credentials::new(
-            &cfg.access_key,
-            &cfg.secret,
-            (!cfg.session_token.is_empty()).then(|| cfg.session_token.clone()),
-            None,
-            "livekit-recorder config",
-        ))
+        .region(region)
+        .credentials_provider(credentials)
         .http_client(http)
         .retry_config(RetryConfig::disabled())
         .timeout_config(
@@ -95,10 +87,72 @@ pub fn client(cfg: &S3Config) -> Result<Client, UploadError> {
     Ok(Client::from_conf(builder.build()))
 }
 
+/// The config's region, else the environment's (as AWS's tools read it), else `us-east-1`.
 fn region(cfg: &S3Config) -> String {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
     match cfg.region.trim() {
-        "" => DEFAULT_REGION.to_owned(),
+        "" => env("AWS_REGION")
+            .or_else(|| env("AWS_DEFAULT_REGION"))
+            .unwrap_or_else(|| DEFAULT_REGION.to_owned()),
         r => r.to_owned(),
+    }
+}
+
+/// The config's keys (both or neither), or AWS's default chain when neither is set.
+fn credentials(
+    cfg: &S3Config,
+    http: &SharedHttpClient,
+    region: &Region,
+) -> Result<SharedCredentialsProvider, UploadError> {
+    let missing = |key| {
+        UploadError::Config {
+        key,
+        problem: "required when the other key is set (set both, or neither to use the AWS default credential chain)".into(),
+    }
+    };
+    match (cfg.access_key.is_empty(), cfg.secret.is_empty()) {
+        (false, false) => Ok(SharedCredentialsProvider::new(Credentials::new(
+            &cfg.access_key,
+            &cfg.secret,
+            (!cfg.session_token.is_empty()).then(|| cfg.session_token.clone()),
+            None,
+            "livekit-recorder config",
+        ))),
+        (true, false) => Err(missing("file_output.s3.access_key")),
+        (false, true) => Err(missing("file_output.s3.secret")),
+        (true, true) => Ok(SharedCredentialsProvider::new(DefaultChain {
+            config: ProviderConfig::default()
+                .with_http_client(http.clone())
+                .with_region(Some(region.clone())),
+            chain: tokio::sync::OnceCell::new(),
+        })),
+    }
+}
+
+/// AWS's default credential chain, built on first use (building it reads profile files, which
+/// is async), then asked each time the client's identity cache needs fresh credentials.
+#[derive(Debug)]
+struct DefaultChain {
+    config: ProviderConfig,
+    chain: tokio::sync::OnceCell<DefaultCredentialsChain>,
+}
+
+impl ProvideCredentials for DefaultChain {
+    fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        future::ProvideCredentials::new(async move {
+            let chain = self
+                .chain
+                .get_or_init(|| {
+                    DefaultCredentialsChain::builder()
+                        .configure(self.config.clone())
+                        .build()
+                })
+                .await;
+            chain.provide_credentials().await
+        })
     }
 }
 
@@ -139,12 +193,43 @@ impl S3Target {
         }
     }
 
+    /// Uploads the file, then checks that the stored object has its size: the local file is
+    /// only removed after that.
     pub(crate) async fn upload(&self, job: &Job<'_>) -> Result<(), UploadError> {
         if job.size <= job.part_size {
-            self.put_object(job).await
+            self.put_object(job).await?;
         } else {
-            self.multipart(job).await
+            self.multipart(job).await?;
         }
+        self.verify(job).await
+    }
+
+    /// HeadObject: the stored object's size must be the file's. (Each part's bytes were already
+    /// checked by the server against the checksums sent with them where S3 requires them; an
+    /// S3-compatible server may not offer a whole-object checksum to compare.)
+    async fn verify(&self, job: &Job<'_>) -> Result<(), UploadError> {
+        let head = retry(job.retry, "HeadObject", 0, || async {
+            self.client
+                .head_object()
+                .bucket(&self.bucket)
+                .key(job.key)
+                .send()
+                .await
+                .map_err(failure)
+        })
+        .await
+        .map_err(|m| self.error(job.key, format!("HeadObject after upload: {m}")))?;
+        let stored = head.content_length().unwrap_or(-1);
+        if u64::try_from(stored).ok() != Some(job.size) {
+            return Err(self.error(
+                job.key,
+                format!(
+                    "the stored object has {stored} bytes, the file {}: the upload is incomplete",
+                    job.size
+                ),
+            ));
+        }
+        Ok(())
     }
 
     async fn put_object(&self, job: &Job<'_>) -> Result<(), UploadError> {
