@@ -5,6 +5,8 @@
 #   deploy/install-deps.sh            # everything: runtime + build + test servers (CI, developers)
 #   deploy/install-deps.sh runtime    # only what the recorder needs at run time (container image)
 #   deploy/install-deps.sh build      # runtime + what compiling the crate needs
+#   deploy/install-deps.sh image      # what `make image` needs where no docker engine runs: podman
+#                                     # (with runc) and mmdebstrap for bootstrapped base images
 set -euo pipefail
 
 profile="${1:-all}"
@@ -46,11 +48,21 @@ TEST=(
   psmisc
 )
 
+# Building and running the container image without a docker engine (scripts/image.sh).
+IMAGE=(
+  podman
+  buildah
+  runc
+  uidmap
+  mmdebstrap
+)
+
 case "$profile" in
   runtime) want=("${RUNTIME[@]}") ;;
   build) want=("${RUNTIME[@]}" "${BUILD[@]}") ;;
   all) want=("${RUNTIME[@]}" "${BUILD[@]}" "${TEST[@]}") ;;
-  *) echo "usage: $0 [runtime|build|all]" >&2; exit 2 ;;
+  image) want=("${IMAGE[@]}") ;;
+  *) echo "usage: $0 [runtime|build|all|image]" >&2; exit 2 ;;
 esac
 
 missing=()

@@ -182,7 +182,7 @@ def dockerfile_user(path, values):
     assert uid == want, f"image uid {uid} != chart podSecurityContext.runAsUser {want}"
 
 def dockerfile_deps(path):
-    stages, _ = dockerfile_stages(path)
+    stages, args = dockerfile_stages(path)
     assert len(stages) >= 2, "expected a build stage and a runtime stage"
     runs = [" ".join(r for w, r in s if w == "RUN") for s in stages]
     # The stage that compiles the binary (a web stage may come before it).
@@ -191,7 +191,12 @@ def dockerfile_deps(path):
     assert re.search(r"deploy/install-deps\.sh build\b", build[0]), "build stage does not run install-deps.sh build"
     assert "cargo build --release --locked" in build[0], "build stage does not run cargo build --release --locked"
     assert re.search(r"deploy/install-deps\.sh runtime\b", runs[-1]), "runtime stage does not run install-deps.sh runtime"
-    assert "debian:" in stages[-1][0][1] and "slim" in stages[-1][0][1], f"runtime base {stages[-1][0][1]}"
+    # The bases are build arguments (scripts/image.sh passes bootstrapped ones); their defaults
+    # are the public images.
+    base = re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), m.group(0)), stages[-1][0][1])
+    assert "debian:" in base and "slim" in base, f"runtime base {stages[-1][0][1]} = {base}"
+    froms = [re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), m.group(0)), s[0][1]) for s in stages]
+    assert all("$" not in f for f in froms), f"a base without a default: {froms}"
     for s in runs:
         assert "apt-get install" not in s, "apt-get install in the Dockerfile: packages belong in install-deps.sh"
 
