@@ -7,11 +7,19 @@
 #
 # System packages come from deploy/install-deps.sh, the one list shared with CI and the Makefile.
 
-ARG RUST_VERSION=1.95
-ARG DEBIAN_RELEASE=bookworm
+# The base images are build arguments, so that a local registry or bases bootstrapped with
+# mmdebstrap can stand in where the public registry cannot be reached (scripts/image.sh,
+# `make image`). WEB_IMAGE needs node and npm, BUILD_IMAGE cargo and a C compiler; both must be
+# Debian bookworm based, as RUNTIME_IMAGE is.
+ARG WEB_IMAGE=node:20-bookworm-slim
+ARG BUILD_IMAGE=rust:1.95-slim-bookworm
+ARG RUNTIME_IMAGE=debian:bookworm-slim
 
 # ---- web: the built-in layout templates (web/), embedded into the binary ----------------------
-FROM node:20-${DEBIAN_RELEASE}-slim AS web
+FROM ${WEB_IMAGE} AS web
+# Set to a CA bundle path when the package registries are reached through a TLS-inspecting proxy
+# (scripts/image.sh mounts the host's bundle and passes its path).
+ARG NODE_EXTRA_CA_CERTS
 WORKDIR /web
 COPY web/package.json web/package-lock.json ./
 RUN npm ci --no-audit --no-fund
@@ -19,7 +27,7 @@ COPY web/ ./
 RUN npm run build
 
 # ---- build: compile the release binary --------------------------------------------------------
-FROM rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE} AS build
+FROM ${BUILD_IMAGE} AS build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /src
 
@@ -39,7 +47,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && install -m 0755 target/release/livekit-recorder /usr/local/bin/livekit-recorder
 
 # ---- runtime ----------------------------------------------------------------------------------
-FROM debian:${DEBIAN_RELEASE}-slim AS runtime
+FROM ${RUNTIME_IMAGE} AS runtime
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 # Xvfb, PulseAudio, Chromium, GStreamer plugins, tini and curl (the `runtime` profile).

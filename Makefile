@@ -2,7 +2,7 @@
 # every test. Both install missing system packages first (deploy/install-deps.sh).
 CARGO ?= cargo
 
-.PHONY: all deps web build release demo test test-unit test-integration test-web test-packaging lint fmt bench fuzz clean
+.PHONY: all deps web build release demo test test-unit test-integration test-web test-packaging lint fmt bench fuzz clean image image-test
 
 all: build
 
@@ -61,6 +61,15 @@ bench: deps web
 
 fmt:
 	$(CARGO) fmt
+
+# The container image from the Dockerfile, with docker or podman (scripts/image.sh says how the
+# bases are found); image-test then records a page and serves a reservation in it (tests/image.rs).
+image:
+	bash scripts/image.sh build
+
+image-test: deps web
+	$(CARGO) build --locked --tests
+	bash scripts/image.sh test
 
 clean:
 	$(CARGO) clean

@@ -174,10 +174,21 @@ impl Recorder {
         args: &[&str],
         configure: impl FnOnce(&mut Command),
     ) -> Result<Self> {
+        Self::start_program(&bin(), env, args, configure)
+    }
+
+    /// As [`Self::start_with`], running `program` (a container engine, say) instead of the
+    /// binary under test.
+    pub fn start_program(
+        program: &Path,
+        env: &[(&str, &str)],
+        args: &[&str],
+        configure: impl FnOnce(&mut Command),
+    ) -> Result<Self> {
         use std::os::unix::process::CommandExt;
         let tag = format!("lkrec-test-{}-{}", std::process::id(), rand_suffix());
         let logs = tempfile::tempdir()?;
-        let mut cmd = Command::new(bin());
+        let mut cmd = Command::new(program);
         cmd.args(args)
             .env_remove("LIVEKIT_RECORDER_CONFIG")
             .env_remove("RECORDING_REQUEST")
