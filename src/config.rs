@@ -307,10 +307,24 @@ pub struct AzureConfig {
     pub endpoint: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct GcpConfig {
     pub bucket: String,
+    /// A service account key (JSON); empty = Application Default Credentials.
+    pub credentials_json: String,
+    /// Another endpoint (a private one); empty = Google's. `STORAGE_EMULATOR_HOST` wins.
+    pub endpoint: String,
+}
+
+impl std::fmt::Debug for GcpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GcpConfig")
+            .field("bucket", &self.bucket)
+            .field("credentials_json", &secret(&self.credentials_json))
+            .field("endpoint", &self.endpoint)
+            .finish()
+    }
 }
 
 /// `defaults:` as written in YAML: every field optional, `preset` a name or a number.

@@ -117,7 +117,7 @@ impl Options {
                 self.width, self.height
             ));
         }
-        if self.width % 2 != 0 || self.height % 2 != 0 {
+        if !self.width.is_multiple_of(2) || !self.height.is_multiple_of(2) {
             return Err(format!(
                 "width and height must be even for H.264, got {}x{}",
                 self.width, self.height

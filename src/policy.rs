@@ -162,7 +162,7 @@ impl Network {
                 }
                 // Whole groups, none of them zero (a zero group may print as `::`).
                 let groups = usize::from(self.prefix / 16);
-                if self.prefix % 16 == 0 && s[..groups].iter().all(|g| *g != 0) {
+                if self.prefix.is_multiple_of(16) && s[..groups].iter().all(|g| *g != 0) {
                     let head: Vec<String> = s[..groups].iter().map(|g| format!("{g:x}")).collect();
                     return vec![format!("{}:*", head.join(":"))];
                 }

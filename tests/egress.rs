@@ -1260,14 +1260,14 @@ async fn unsupported_requests_get_no_claim() -> Result<()> {
             }),
         ),
         (
-            "web to GCP",
+            "web to AliOSS",
             web_with(|r| {
                 r.file_outputs = vec![EncodedFileOutput {
-                    output: Some(encoded_file_output::Output::Gcp(lk::GcpUpload {
+                    output: Some(encoded_file_output::Output::AliOss(lk::AliOssUpload {
                         bucket: "b".into(),
                         ..Default::default()
                     })),
-                    ..mp4("gcp.mp4")
+                    ..mp4("alioss.mp4")
                 }]
             }),
         ),

