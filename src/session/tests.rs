@@ -183,6 +183,16 @@ fn rig(spec: RecordingSpec) -> Rig {
     rig_with(spec, Config::default(), Script::default(), None)
 }
 
+/// A page without markers streaming to one URL, on an engine that behaves as `script` says.
+fn scripted(script: Script) -> Rig {
+    rig_with(
+        spec(page(false), rtmp(&[URL_A])),
+        Config::default(),
+        script,
+        None,
+    )
+}
+
 impl Rig {
     async fn say(&self, marker: &str) {
         self.console
@@ -205,6 +215,11 @@ impl Rig {
     async fn expect_event(&mut self, what: &str, pred: impl Fn(&SessionEvent) -> bool) {
         let ev = self.next_event().await;
         assert!(pred(&ev), "expected {what}, got {ev:?}");
+    }
+
+    async fn active(&mut self) {
+        self.expect_event("Active", |e| matches!(e, SessionEvent::Active { .. }))
+            .await;
     }
 
     async fn stop(&self) {
@@ -248,8 +263,7 @@ async fn a_stopped_recording_goes_through_every_phase_and_reports_each() {
     r.expect_event("WaitingForStart", |e| *e == SessionEvent::WaitingForStart)
         .await;
     r.say(crate::template::START_MARKER).await;
-    r.expect_event("Active", |e| matches!(e, SessionEvent::Active { .. }))
-        .await;
+    r.active().await;
     r.stop().await;
     r.expect_event("Ending", |e| {
         *e == SessionEvent::Ending {
@@ -271,8 +285,7 @@ async fn a_stopped_recording_goes_through_every_phase_and_reports_each() {
 #[tokio::test]
 async fn a_page_without_markers_records_at_once() {
     let mut r = rig(spec(page(false), rtmp(&[URL_A])));
-    r.expect_event("Active", |e| matches!(e, SessionEvent::Active { .. }))
-        .await;
+    r.active().await;
     r.stop().await;
     let (result, log) = r.end().await;
     assert_eq!(result.end, EndReason::Stopped);
@@ -315,8 +328,7 @@ async fn outputs_cannot_change_before_the_recording_starts_and_can_after() {
         .unwrap();
     assert!(matches!(rx.await.unwrap(), Err(OutputError::NotRecording)));
     r.say(crate::template::START_MARKER).await;
-    r.expect_event("Active", |e| matches!(e, SessionEvent::Active { .. }))
-        .await;
+    r.active().await;
     let (tx, rx) = oneshot::channel();
     r.commands
         .send(Command::AddOutput {
@@ -357,8 +369,7 @@ async fn end_recording_on_the_page_closes_the_source() {
     r.say(crate::template::END_MARKER).await;
     r.expect_event("WaitingForStart", |e| *e == SessionEvent::WaitingForStart)
         .await;
-    r.expect_event("Active", |e| matches!(e, SessionEvent::Active { .. }))
-        .await;
+    r.active().await;
     r.expect_event("Ending", |e| {
         *e == SessionEvent::Ending {
             reason: EndReason::SourceClosed,
@@ -396,8 +407,7 @@ async fn max_duration_ends_the_recording_cleanly() {
     let mut s = spec(page(false), rtmp(&[URL_A]));
     s.max_duration = Some(Duration::from_secs(10));
     let mut r = rig(s);
-    r.expect_event("Active", |e| matches!(e, SessionEvent::Active { .. }))
-        .await;
+    r.active().await;
     r.expect_event("Ending", |e| {
         *e == SessionEvent::Ending {
             reason: EndReason::LimitReached,
@@ -413,8 +423,7 @@ async fn max_duration_ends_the_recording_cleanly() {
 #[tokio::test]
 async fn a_dead_part_fails_the_recording_and_the_file_is_finished_all_the_same() {
     let mut r = rig(spec(page(false), rtmp(&[URL_A])));
-    r.expect_event("Active", |e| matches!(e, SessionEvent::Active { .. }))
-        .await;
+    r.active().await;
     r.happen
         .send(Happening::Died("Xvfb exited: signal 9".into()))
         .unwrap();
@@ -431,8 +440,7 @@ async fn a_dead_part_fails_the_recording_and_the_file_is_finished_all_the_same()
 #[tokio::test]
 async fn a_failing_source_is_named_by_the_part_that_died() {
     let mut r = rig(spec(page(false), rtmp(&[URL_A])));
-    r.expect_event("Active", |e| matches!(e, SessionEvent::Active { .. }))
-        .await;
+    r.active().await;
     r.dead.send_replace(Some("PulseAudio exited: 1".into()));
     r.happen
         .send(Happening::Pipeline(Some(PipelineEvent::Error {
@@ -457,8 +465,7 @@ async fn a_write_error_ends_at_once_without_finishing() {
         rtmp: None,
     };
     let mut r = rig(spec(page(false), out));
-    r.expect_event("Active", |e| matches!(e, SessionEvent::Active { .. }))
-        .await;
+    r.active().await;
     r.happen
         .send(Happening::Pipeline(Some(PipelineEvent::Error {
             element: "file_sink".into(),
@@ -480,8 +487,7 @@ async fn a_write_error_ends_at_once_without_finishing() {
 #[tokio::test]
 async fn one_failed_stream_leaves_the_others_and_the_last_one_fails_the_recording() {
     let mut r = rig(spec(page(false), rtmp(&[URL_A, URL_B])));
-    r.expect_event("Active", |e| matches!(e, SessionEvent::Active { .. }))
-        .await;
+    r.active().await;
     for url in [URL_A, URL_B] {
         r.happen
             .send(Happening::Pipeline(Some(PipelineEvent::OutputFailed {
@@ -516,14 +522,8 @@ async fn force_while_finishing_gives_up_the_file_end() {
         finish_hangs: true,
         ..Default::default()
     };
-    let mut r = rig_with(
-        spec(page(false), rtmp(&[URL_A])),
-        Config::default(),
-        script,
-        None,
-    );
-    r.expect_event("Active", |e| matches!(e, SessionEvent::Active { .. }))
-        .await;
+    let mut r = scripted(script);
+    r.active().await;
     r.stop().await;
     r.expect_event("Ending", |e| matches!(e, SessionEvent::Ending { .. }))
         .await;
@@ -543,14 +543,8 @@ async fn a_file_that_could_not_be_finished_is_an_error() {
         finish_fails: true,
         ..Default::default()
     };
-    let mut r = rig_with(
-        spec(page(false), rtmp(&[URL_A])),
-        Config::default(),
-        script,
-        None,
-    );
-    r.expect_event("Active", |e| matches!(e, SessionEvent::Active { .. }))
-        .await;
+    let mut r = scripted(script);
+    r.active().await;
     r.stop().await;
     let (result, _) = r.end().await;
     assert_eq!(result.end, EndReason::Stopped);
@@ -563,8 +557,7 @@ async fn a_file_that_could_not_be_finished_is_an_error() {
 #[tokio::test(start_paused = true)]
 async fn a_lost_devtools_connection_is_blamed_on_a_part_that_dies_within_a_moment() {
     let mut r = rig(spec(page(false), rtmp(&[URL_A])));
-    r.expect_event("Active", |e| matches!(e, SessionEvent::Active { .. }))
-        .await;
+    r.active().await;
     r.happen
         .send(Happening::Alarm(Alarm::DevToolsClosed))
         .unwrap();
@@ -576,8 +569,7 @@ async fn a_lost_devtools_connection_is_blamed_on_a_part_that_dies_within_a_momen
 
     // Nobody dies: the alarm is the error.
     let mut r = rig(spec(page(false), rtmp(&[URL_A])));
-    r.expect_event("Active", |e| matches!(e, SessionEvent::Active { .. }))
-        .await;
+    r.active().await;
     r.happen
         .send(Happening::Alarm(Alarm::DevToolsClosed))
         .unwrap();
