@@ -1205,7 +1205,17 @@ fn record_sandboxed(site: &Site, uid: Option<u32>) -> Result<(Vec<ChromiumProces
         "file_output: {local: true}\nchromium_sandbox: true\n",
     );
     let home = dir.path().display().to_string();
-    let rec = Recorder::start_with(
+    // The binary where the other user can run it, wherever the checkout is (a 0700 temp dir,
+    // say): a hard link where it can be (a copy just written can still be open in a child forked
+    // meanwhile, and exec then fails with "text file busy").
+    let copy = dir.path().join("livekit-recorder");
+    if std::fs::hard_link(common::bin(), &copy).is_err() {
+        std::fs::copy(common::bin(), &copy)?;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))?;
+    let rec = Recorder::start_program(
+        &copy,
         &[
             ("LIVEKIT_RECORDER_CONFIG", &cfg),
             ("RECORDING_REQUEST", &req.to_string()),

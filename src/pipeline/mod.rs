@@ -613,8 +613,8 @@ pub(crate) fn queue(name: &str, max_time: u64) -> Result<gst::Element, PipelineE
     Ok(q)
 }
 
-/// Guards the frames entering the encoder: a frame whose timestamp does not advance past the
-/// previous one is dropped (the capture can stamp two frames alike, which the MP4 then stores
+/// Guards the frames entering the encoder: a frame whose timestamp does not advance at least
+/// half a frame duration past the previous one is dropped (the capture can stamp two frames alike, which the MP4 then stores
 /// as a zero-length sample that players and ffmpeg reject as a non-monotonic DTS). Counts the
 /// frames into the metrics, and the frames missing between them (a gap of more than one and a
 /// half frame durations).
@@ -629,7 +629,8 @@ fn guard_frames(encoder: &gst::Element, framerate: u32) {
         let pts = info.buffer().and_then(|b| b.pts()).map(|t| t.nseconds());
         if let (Some(pts), Ok(mut last)) = (pts, last.lock()) {
             match *last {
-                Some(prev) if pts <= prev => {
+                // Closer than half a frame: the muxer's timescale would give both the same DTS.
+                Some(prev) if pts < prev + frame / 2 => {
                     tracing::debug!(pts, prev, "frame with a repeated timestamp dropped");
                     return gst::PadProbeReturn::Drop;
                 }
@@ -717,7 +718,16 @@ mod tests {
             gst::ClockTime,
         >::new()));
         let frame = 33_333_333u64;
-        for pts in [0, frame, frame, 2 * frame, frame, 3 * frame] {
+        for pts in [
+            0,
+            frame,
+            frame,
+            2 * frame,
+            frame,
+            3 * frame,
+            3 * frame + 1_000_000,
+            4 * frame,
+        ] {
             let mut buffer = gst::Buffer::new();
             buffer
                 .get_mut()
@@ -728,8 +738,8 @@ mod tests {
         element.set_state(gst::State::Null).unwrap();
         assert_eq!(
             passed.load(Ordering::SeqCst),
-            4,
-            "the repeated and the backwards frame are dropped"
+            5,
+            "the repeated, the backwards and the 1 ms late frame are dropped"
         );
     }
 }
