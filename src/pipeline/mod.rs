@@ -613,8 +613,9 @@ pub(crate) fn queue(name: &str, max_time: u64) -> Result<gst::Element, PipelineE
     Ok(q)
 }
 
-/// Guards the frames entering the encoder: a frame whose timestamp does not advance at least
-/// half a frame duration past the previous one is dropped (the capture can stamp two frames alike, which the MP4 then stores
+/// Guards the frames entering the encoder: each frame's timestamp is moved to the nearest slot
+/// of the frame-rate grid (at most half a frame), and a frame that lands on a slot already used
+/// is dropped (the capture can stamp two frames alike, which the MP4 then stores
 /// as a zero-length sample that players and ffmpeg reject as a non-monotonic DTS). Counts the
 /// frames into the metrics, and the frames missing between them (a gap of more than one and a
 /// half frame durations).
@@ -622,27 +623,36 @@ fn guard_frames(encoder: &gst::Element, framerate: u32) {
     let Some(pad) = encoder.static_pad("sink") else {
         return;
     };
-    let frame = 1_000_000_000 / u64::from(framerate.max(1));
-    let last = std::sync::Mutex::new(None::<u64>);
+    let rate = u64::from(framerate.max(1));
+    let frame = 1_000_000_000 / rate;
+    // (the first frame's timestamp, the last slot used; -1 before the first)
+    let grid = std::sync::Mutex::new(None::<(u64, i64)>);
     pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
         let m = crate::metrics::metrics();
         let pts = info.buffer().and_then(|b| b.pts()).map(|t| t.nseconds());
-        if let (Some(pts), Ok(mut last)) = (pts, last.lock()) {
-            match *last {
-                // Closer than half a frame: the muxer's timescale would give both the same DTS.
-                Some(prev) if pts < prev + frame / 2 => {
-                    tracing::debug!(pts, prev, "frame with a repeated timestamp dropped");
-                    return gst::PadProbeReturn::Drop;
-                }
-                Some(prev) => {
-                    let gap = pts - prev;
-                    if gap > frame + frame / 2 {
-                        m.frames_dropped.inc_by((gap + frame / 2) / frame - 1);
-                    }
-                }
-                None => {}
-            }
-            *last = Some(pts);
+        let (Some(pts), Ok(mut grid)) = (pts, grid.lock()) else {
+            m.frames_captured.inc();
+            return gst::PadProbeReturn::Ok;
+        };
+        let (origin, last) = *grid.get_or_insert((pts, -1));
+        // The nearest slot of the frame grid; a frame that lands on a slot already used (or
+        // before it) is dropped.
+        let slot =
+            i64::try_from((pts.saturating_sub(origin) + frame / 2) / frame).unwrap_or(i64::MAX);
+        if pts < origin || slot <= last {
+            tracing::debug!(pts, slot, last, "frame with a repeated timestamp dropped");
+            return gst::PadProbeReturn::Drop;
+        }
+        if last >= 0 && slot > last + 1 {
+            m.frames_dropped
+                .inc_by(u64::try_from(slot - last - 1).unwrap_or_default());
+        }
+        *grid = Some((origin, slot));
+        if let Some(gst::PadProbeData::Buffer(buffer)) = info.data.as_mut() {
+            let b = buffer.make_mut();
+            let at = u64::try_from(slot).unwrap_or_default() * 1_000_000_000 / rate;
+            b.set_pts(gst::ClockTime::from_nseconds(origin + at));
+            b.set_duration(gst::ClockTime::from_nseconds(frame));
         }
         m.frames_captured.inc();
         gst::PadProbeReturn::Ok
@@ -688,20 +698,20 @@ fn link_to_mux(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[test]
     fn frames_with_repeated_timestamps_never_reach_the_encoder() {
         init().unwrap();
         let element = make("identity", "guarded").unwrap();
         guard_frames(&element, 30);
-        let passed = Arc::new(AtomicUsize::new(0));
-        let count = passed.clone();
+        let passed = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = passed.clone();
         element
             .static_pad("src")
             .unwrap()
-            .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
-                count.fetch_add(1, Ordering::SeqCst);
+            .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+                let pts = info.buffer().and_then(|b| b.pts()).map(|t| t.nseconds());
+                seen.lock().unwrap().push(pts.unwrap_or(u64::MAX));
                 gst::PadProbeReturn::Drop
             });
         let src = gst::Pad::builder(gst::PadDirection::Src)
@@ -718,15 +728,20 @@ mod tests {
             gst::ClockTime,
         >::new()));
         let frame = 33_333_333u64;
+        let ms = 1_000_000u64;
+        // Repeated, backwards, 1 ms late, then jittered frames (17 ms and 52 ms after the 5th).
         for pts in [
+            0,
             0,
             frame,
             frame,
             2 * frame,
             frame,
             3 * frame,
-            3 * frame + 1_000_000,
+            3 * frame + ms,
             4 * frame,
+            4 * frame + 17 * ms,
+            4 * frame + 52 * ms,
         ] {
             let mut buffer = gst::Buffer::new();
             buffer
@@ -736,10 +751,11 @@ mod tests {
             let _ = src.push(buffer);
         }
         element.set_state(gst::State::Null).unwrap();
+        let grid: Vec<u64> = (0..7).map(|i| i * 1_000_000_000 / 30).collect();
         assert_eq!(
-            passed.load(Ordering::SeqCst),
-            5,
-            "the repeated, the backwards and the 1 ms late frame are dropped"
+            *passed.lock().unwrap(),
+            grid,
+            "on the frame grid; the repeated, backwards and 1 ms late frames dropped"
         );
     }
 }
