@@ -86,11 +86,11 @@ pub(super) struct Machine {
 }
 
 impl Machine {
-    pub(super) fn new(spec: &RecordingSpec, ctx: &SessionContext, markers: bool) -> Self {
+    pub(super) fn new(spec: &RecordingSpec, ctx: &SessionContext) -> Self {
         Self {
             spec: spec.clone(),
             ctx: ctx.clone(),
-            markers,
+            markers: super::record::has_markers(spec),
             display: None,
             audio: None,
             browser: None,

@@ -258,7 +258,7 @@ pub struct SessionHandle {
 impl SessionHandle {
     /// Starts a recording on the real parts (Xvfb, PulseAudio, Chromium, GStreamer).
     pub fn spawn(spec: RecordingSpec, ctx: SessionContext) -> Self {
-        let engine = engine::Machine::new(&spec, &ctx, record::has_markers(&spec));
+        let engine = engine::Machine::new(&spec, &ctx);
         Self::spawn_with(spec, ctx, engine)
     }
 
