@@ -217,6 +217,11 @@ impl Rig {
         assert!(pred(&ev), "expected {what}, got {ev:?}");
     }
 
+    async fn waiting(&mut self) {
+        self.expect_event("WaitingForStart", |e| *e == SessionEvent::WaitingForStart)
+            .await;
+    }
+
     async fn active(&mut self) {
         self.expect_event("Active", |e| matches!(e, SessionEvent::Active { .. }))
             .await;
@@ -260,8 +265,7 @@ fn calls(log: &[String]) -> Vec<&str> {
 #[tokio::test]
 async fn a_stopped_recording_goes_through_every_phase_and_reports_each() {
     let mut r = rig(spec(page(true), rtmp(&[URL_A])));
-    r.expect_event("WaitingForStart", |e| *e == SessionEvent::WaitingForStart)
-        .await;
+    r.waiting().await;
     r.say(crate::template::START_MARKER).await;
     r.active().await;
     r.stop().await;
@@ -316,8 +320,7 @@ async fn stop_while_starting_aborts_and_still_tears_down() {
 #[tokio::test]
 async fn outputs_cannot_change_before_the_recording_starts_and_can_after() {
     let mut r = rig(spec(page(true), rtmp(&[URL_A])));
-    r.expect_event("WaitingForStart", |e| *e == SessionEvent::WaitingForStart)
-        .await;
+    r.waiting().await;
     let (tx, rx) = oneshot::channel();
     r.commands
         .send(Command::AddOutput {
@@ -367,8 +370,7 @@ async fn end_recording_on_the_page_closes_the_source() {
     let mut r = rig(spec(page(true), rtmp(&[URL_A])));
     r.say(crate::template::START_MARKER).await;
     r.say(crate::template::END_MARKER).await;
-    r.expect_event("WaitingForStart", |e| *e == SessionEvent::WaitingForStart)
-        .await;
+    r.waiting().await;
     r.active().await;
     r.expect_event("Ending", |e| {
         *e == SessionEvent::Ending {
@@ -583,8 +585,7 @@ async fn a_lost_devtools_connection_is_blamed_on_a_part_that_dies_within_a_momen
 #[tokio::test]
 async fn a_page_error_before_start_fails_with_the_pages_words() {
     let mut r = rig(spec(page(true), rtmp(&[URL_A])));
-    r.expect_event("WaitingForStart", |e| *e == SessionEvent::WaitingForStart)
-        .await;
+    r.waiting().await;
     r.happen
         .send(Happening::PageError("room not found".into()))
         .unwrap();
@@ -625,8 +626,7 @@ async fn template_input_opens_the_layout_page_with_a_room_token() {
         Script::default(),
         Some("http://127.0.0.1:7/templates"),
     );
-    r.expect_event("WaitingForStart", |e| *e == SessionEvent::WaitingForStart)
-        .await;
+    r.waiting().await;
     r.stop().await;
     let (result, log) = r.end().await;
     assert_eq!(result.end, EndReason::Aborted);
