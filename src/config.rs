@@ -85,6 +85,8 @@ pub struct Config {
     pub s3: Option<S3Config>,
     /// Storage for egress requests that name none (egress's `azure`).
     pub azure: Option<AzureConfig>,
+    /// Storage for egress requests that name none (egress's `gcp`).
+    pub gcp: Option<GcpConfig>,
     /// Per-output limits on a recording's length (egress's `session_limits`).
     pub session_limits: SessionLimits,
     /// livekit egress's name for `chromium_sandbox` (either turns the sandbox on).
@@ -248,6 +250,7 @@ impl Default for Config {
             cpu_cost: CpuCostConfig::default(),
             s3: None,
             azure: None,
+            gcp: None,
             session_limits: SessionLimits::default(),
             enable_chrome_sandbox: false,
             io_update_egress_info: false,
@@ -302,7 +305,11 @@ pub struct S3Config {
 #[serde(default)]
 pub struct AzureConfig {
     pub account_name: String,
+    /// The storage account's access key. Empty (and no `sas_token`) = Entra ID: the pod's
+    /// workload identity or managed identity.
     pub account_key: String,
+    /// A SAS token (the query string a SAS URL carries) instead of the account key.
+    pub sas_token: String,
     pub container_name: String,
     pub endpoint: String,
 }
@@ -623,6 +630,7 @@ impl std::fmt::Debug for Config {
             .field("cpu_cost", &self.cpu_cost)
             .field("s3", &self.s3)
             .field("azure", &self.azure)
+            .field("gcp", &self.gcp)
             .field("session_limits", &self.session_limits)
             .field("enable_chrome_sandbox", &self.enable_chrome_sandbox)
             .field("io_update_egress_info", &self.io_update_egress_info)
@@ -660,6 +668,7 @@ impl std::fmt::Debug for AzureConfig {
         f.debug_struct("AzureConfig")
             .field("account_name", &self.account_name)
             .field("account_key", &secret(&self.account_key))
+            .field("sas_token", &secret(&self.sas_token))
             .field("container_name", &self.container_name)
             .field("endpoint", &self.endpoint)
             .finish()
@@ -981,6 +990,7 @@ max_duration: 21600
 cpu_cost: {max_cpu_utilization: 0.9, room_composite_cpu_cost: 3, web_cpu_cost: 1.5}
 s3: {access_key: a, secret: s, session_token: t, region: eu-west-1, bucket: b, force_path_style: true}
 azure: {account_name: n, account_key: k, container_name: c}
+gcp: {bucket: g, credentials_json: "{}"}
 session_limits: {file_output_max_duration: 1h30m, stream_output_max_duration: 600}
 enable_chrome_sandbox: true
 io_update_egress_info: true
@@ -1005,6 +1015,7 @@ file_output: {local_dir: /out}
             ("t", true)
         );
         assert_eq!(c.azure.as_ref().unwrap().container_name, "c");
+        assert_eq!(c.gcp.as_ref().unwrap().bucket, "g");
         assert_eq!(
             c.session_limits.file_output_max_duration,
             Some(Duration::from_secs(5400))

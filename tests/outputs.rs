@@ -160,6 +160,7 @@ async fn a_recording_lands_in_azurite() -> Result<()> {
         account_key: storage::AZURITE_KEY.into(),
         container_name: "recordings".into(),
         endpoint: endpoint.clone(),
+        ..Default::default()
     };
     let blob = AzureBlob::new(&cfg)?;
     blob.create_container().await?;

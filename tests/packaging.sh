@@ -69,7 +69,7 @@ import base64, copy, json, math, re, sys
 import yaml
 
 # Config keys only the egress worker reads: the chart renders them in egress mode only.
-EGRESS_ONLY = ["template_base", "cluster_id", "cpu_cost", "s3", "azure",
+EGRESS_ONLY = ["template_base", "cluster_id", "cpu_cost", "s3", "azure", "gcp",
                "session_limits", "enable_chrome_sandbox", "io_update_egress_info"]
 # (file_output.local_dir is read in both modes: service-mode files go under it too.)
 EGRESS_ONLY_FILE_OUTPUT = []
@@ -123,13 +123,15 @@ def prune(v):
 
 def chart_config(values):
     """The config the chart renders from (merged) values: service mode leaves out the egress-only
-    keys; egress mode keeps egress's s3 / azure only when their bucket / container is set."""
+    keys; egress mode keeps egress's s3 / azure / gcp only when their bucket / container is set."""
     c = copy.deepcopy(values["config"])
     if values.get("mode", "service") == "egress":
         if not (c.get("s3") or {}).get("bucket"):
             c.pop("s3", None)
         if not (c.get("azure") or {}).get("container_name"):
             c.pop("azure", None)
+        if not (c.get("gcp") or {}).get("bucket"):
+            c.pop("gcp", None)
     else:
         for k in EGRESS_ONLY:
             c.pop(k, None)
@@ -354,6 +356,7 @@ def config_full(values, *paths):
         file_output.local file_output.work_dir
         file_output.s3.access_key file_output.s3.secret file_output.s3.region file_output.s3.bucket file_output.s3.endpoint
         file_output.azblob.account_name file_output.azblob.account_key file_output.azblob.container_name file_output.azblob.endpoint
+        file_output.azblob.sas_token file_output.gcp.bucket file_output.gcp.credentials_json file_output.gcp.endpoint
         defaults.preset defaults.width defaults.height defaults.depth defaults.framerate defaults.audio_bitrate
         defaults.audio_frequency defaults.video_bitrate defaults.profile
         reservation_timeout start_timeout
@@ -361,7 +364,8 @@ def config_full(values, *paths):
         cpu_cost.max_cpu_utilization cpu_cost.room_composite_cpu_cost cpu_cost.audio_room_composite_cpu_cost
         cpu_cost.web_cpu_cost cpu_cost.audio_web_cpu_cost
         s3.access_key s3.secret s3.session_token s3.region s3.endpoint s3.bucket s3.force_path_style
-        azure.account_name azure.account_key azure.container_name
+        azure.account_name azure.account_key azure.container_name azure.sas_token azure.endpoint
+        gcp.bucket gcp.credentials_json gcp.endpoint
         session_limits.file_output_max_duration session_limits.stream_output_max_duration
         enable_chrome_sandbox io_update_egress_info
         deny_networks chromium_sandbox file_output.key_prefix""".split())
@@ -414,7 +418,7 @@ def config_default_egress(path):
         for part in k.split("."):
             v = v[part]
         assert isinstance(v, bool) or v not in ("", 0, None), f"empty value rendered for {k}"
-    for k in ("s3", "azure"):
+    for k in ("s3", "azure", "gcp"):
         assert k not in cfg, f"egress storage {k} rendered by default: {cfg.get(k)}"
     assert "s3" not in cfg["file_output"] and "azblob" not in cfg["file_output"], "storage rendered by default"
     want_cost = {"max_cpu_utilization": 0.8, "room_composite_cpu_cost": 2, "web_cpu_cost": 2,
@@ -698,6 +702,10 @@ FULL=$CHART/ci/full-values.yaml
 AZ=$CHART/ci/azblob-values.yaml
 EG=$CHART/ci/egress-values.yaml
 EGAZ=$CHART/ci/egress-azure-values.yaml
+AZSAS=$CHART/ci/azblob-sas-values.yaml
+GCP=$CHART/ci/gcp-values.yaml
+EGAZSAS=$CHART/ci/egress-azure-sas-values.yaml
+EGGCP=$CHART/ci/egress-gcp-values.yaml
 check "helm lint --strict (default values)" "$HELM" lint --strict "$CHART"
 check "helm lint --strict (every value set)" "$HELM" lint --strict "$CHART" -f "$FULL"
 check "helm lint --strict (egress mode, default values)" "$HELM" lint --strict "$CHART" --set mode=egress
@@ -709,9 +717,19 @@ check "helm template (egress mode, default values)" render "$WORK/egress-default
 check "helm template (egress mode, every value set, S3)" render "$WORK/egress.yaml" -f "$FULL" -f "$EG"
 check "helm template (egress mode, every value set, Azure)" render "$WORK/egress-azure.yaml" -f "$FULL" -f "$EG" -f "$EGAZ"
 check "helm template (egress mode, ci/egress-values.yaml alone)" render "$WORK/egress-alone.yaml" -f "$EG"
+check "helm template (every value set, Azure SAS)" render "$WORK/azblob-sas.yaml" -f "$FULL" -f "$AZ" -f "$AZSAS"
+check "helm template (every value set, GCS)" render "$WORK/gcp.yaml" -f "$FULL" -f "$GCP"
+check "helm template (egress mode, every value set, Azure SAS)" render "$WORK/egress-azure-sas.yaml" -f "$FULL" -f "$EG" -f "$EGAZ" -f "$EGAZSAS"
+check "helm template (egress mode, every value set, GCS)" render "$WORK/egress-gcp.yaml" -f "$FULL" -f "$EG" -f "$EGGCP"
+check "helm template refuses two storages (file_output s3 + gcp)" \
+  must_fail "set only one of" render "$WORK/two.yaml" -f "$FULL" -f "$AZ" --set config.file_output.gcp.bucket=b
+check "helm template refuses two egress storages (azure + gcp)" \
+  must_fail "set only one of" render "$WORK/two-egress.yaml" -f "$FULL" -f "$EG" -f "$EGAZ" --set config.gcp.bucket=b
 check "kubernetes-validate --strict: default render" validate "$WORK/default.yaml"
 check "kubernetes-validate --strict: full render (S3)" validate "$WORK/full.yaml"
 check "kubernetes-validate --strict: full render (Azure)" validate "$WORK/azblob.yaml"
+check "kubernetes-validate --strict: storage renders (Azure SAS, GCS, egress Azure SAS, egress GCS)" \
+  validate "$WORK/azblob-sas.yaml" "$WORK/gcp.yaml" "$WORK/egress-azure-sas.yaml" "$WORK/egress-gcp.yaml"
 check "kubernetes-validate --strict: egress renders (default, S3, Azure, alone)" \
   validate "$WORK/egress-default.yaml" "$WORK/egress.yaml" "$WORK/egress-azure.yaml" "$WORK/egress-alone.yaml"
 sed 's/^\(      serviceAccountName:.*\)$/\1\n      notAField: true/' "$WORK/default.yaml" >"$WORK/bad.yaml"
@@ -768,7 +786,9 @@ check "/dev/shm in memory, work_dir on an emptyDir" asserts volumes "$WORK/defau
 check "work_dir volume follows config.file_output.work_dir (/recordings)" asserts volumes "$WORK/full.yaml"
 check "every config key reaches the Secret unchanged (egress keys in egress mode only)" \
   asserts config_full "$CHART/values.yaml" "$WORK/full.yaml+$FULL" "$WORK/azblob.yaml+$FULL+$AZ" \
-  "$WORK/egress.yaml+$FULL+$EG" "$WORK/egress-azure.yaml+$FULL+$EG+$EGAZ" "$WORK/egress-alone.yaml+$EG"
+  "$WORK/egress.yaml+$FULL+$EG" "$WORK/egress-azure.yaml+$FULL+$EG+$EGAZ" "$WORK/egress-alone.yaml+$EG" \
+  "$WORK/azblob-sas.yaml+$FULL+$AZ+$AZSAS" "$WORK/gcp.yaml+$FULL+$GCP" \
+  "$WORK/egress-azure-sas.yaml+$FULL+$EG+$EGAZ+$EGAZSAS" "$WORK/egress-gcp.yaml+$FULL+$EG+$EGGCP"
 check "default config: no empty keys, no storage section, no egress keys" asserts config_default "$WORK/default.yaml"
 check "local_dir is /out in both modes (service-mode files go under it too)" \
   bash -c '"$0" "$1" local_dir "$2" /out && "$0" "$1" local_dir "$3" /out' \

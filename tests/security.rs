@@ -616,6 +616,7 @@ async fn hostile_object_keys_never_reach_storage_and_download_urls_name_the_obje
         account_key: storage::AZURITE_KEY.into(),
         container_name: "recordings".into(),
         endpoint: endpoint.clone(),
+        ..Default::default()
     })?;
     blob.create_container().await?;
     let az_cfg = config(

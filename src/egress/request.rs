@@ -520,7 +520,7 @@ fn file_target(
                 account_name: az.account_name.clone(),
                 account_key: az.account_key.clone(),
                 container_name: az.container_name.clone(),
-                endpoint: String::new(),
+                ..Default::default()
             }),
             ..Default::default()
         }),
@@ -574,18 +574,19 @@ fn file_target(
     ))
 }
 
-/// The config's storage for egress requests that name none: egress's own `s3` / `azure`
-/// keys, else `file_output`'s.
+/// The config's storage for egress requests that name none: egress's own `s3` / `azure` /
+/// `gcp` keys, else `file_output`'s.
 fn config_storage(config: &Config) -> Option<FileOutputConfig> {
-    if config.s3.is_some() || config.azure.is_some() {
+    if config.s3.is_some() || config.azure.is_some() || config.gcp.is_some() {
         return Some(FileOutputConfig {
             s3: config.s3.clone(),
             azblob: config.azure.clone(),
+            gcp: config.gcp.clone(),
             ..Default::default()
         });
     }
     let f = &config.file_output;
-    (f.s3.is_some() || f.azblob.is_some()).then(|| f.clone())
+    (f.s3.is_some() || f.azblob.is_some() || f.gcp.is_some()).then(|| f.clone())
 }
 
 fn create_dir(dir: &Path) -> Result<(), Refusal> {
@@ -893,6 +894,23 @@ mod tests {
         let text = String::from_utf8_lossy(&bytes);
         assert!(!text.contains("AKIA_SECRET") && !text.contains("very-secret"));
         assert!(text.contains("{access_key}") && text.contains("{secret}"));
+    }
+
+    #[test]
+    fn requests_without_storage_use_the_configs_gcp() {
+        // (Not through validate: a GCS client would start fetching Application Default
+        // Credentials, which a test must not.)
+        let cfg = config("gcp: {bucket: recordings}\nfile_output: {local_dir: /out}");
+        let storage = config_storage(&cfg).expect("the config's storage");
+        assert_eq!(
+            storage.gcp.as_ref().map(|g| g.bucket.as_str()),
+            Some("recordings")
+        );
+        assert!(storage.s3.is_none() && storage.azblob.is_none());
+        let cfg = config("file_output: {gcp: {bucket: fo}}");
+        let storage = config_storage(&cfg).expect("file_output's storage");
+        assert_eq!(storage.gcp.as_ref().map(|g| g.bucket.as_str()), Some("fo"));
+        assert!(config_storage(&config("file_output: {local_dir: /out}")).is_none());
     }
 
     #[test]

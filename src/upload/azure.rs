@@ -1,17 +1,41 @@
-//! Azure Blob Storage uploads over the Blob REST API (reqwest), with Shared Key authorization.
+//! Azure Blob Storage uploads through Microsoft's SDK (`azure_storage_blob`), authorised by the
+//! account key, a SAS, or an Entra ID identity (workload or managed identity).
 //!
-//! The azure_storage_blobs crates are deprecated and bring a second HTTP stack; the few calls
-//! needed here are small: Put Blob for small files, else Put Block (4 MiB blocks, a few at a
-//! time) then Put Block List, with the blob's content type set to `video/mp4`. `endpoint` empty
-//! = `https://<account>.blob.core.windows.net`; set = that address, which for Azurite carries the
-//! account in its path (`http://127.0.0.1:10000/devstoreaccount1`).
+//! The SDK sends the requests (Put Blob, Put Block, Put Block List, Get Blob Properties); which
+//! blocks there are, how many go at once and how failures are retried stay ours, so Azure
+//! uploads follow the same rules as S3 and GCS (retry budget, kept file, size check).
+//!
+//! The SDK has no Shared Key credential: with an account key we sign an account SAS ourselves
+//! (blob service, container and object, read/write/create, valid for a day from the start of each
+//! upload) and hand the SDK the SAS'd URL. That string-to-sign is the one piece of Azure's protocol
+//! written here. Without a key or a SAS the identity of the pod is used: workload identity when
+//! `AZURE_FEDERATED_TOKEN_FILE` is set (AKS), else the managed identity (App Service's
+//! `IDENTITY_ENDPOINT`, or the VM's instance metadata service); Entra ID needs an https endpoint.
+//!
+//! `endpoint` empty = `https://<account>.blob.core.windows.net`; set = that address, which for
+//! Azurite carries the account in its path (`http://127.0.0.1:10000/devstoreaccount1`).
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use azure_core::credentials::TokenCredential;
+use azure_core::error::ErrorKind;
+use azure_core::http::{ClientOptions, RequestContent, RetryOptions, StatusCode};
+use azure_core::Bytes;
+use azure_identity::{
+    ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId,
+    WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
+};
+use azure_storage_blob::models::{
+    BlobClientGetPropertiesResultHeaders, BlockBlobClientCommitBlockListOptions,
+    BlockBlobClientUploadOptions, BlockLookupList,
+};
+use azure_storage_blob::{
+    BlobClient, BlobClientOptions, BlobContainerClient, BlobContainerClientOptions,
+};
 use base64::Engine as _;
 use futures::{StreamExt, TryStreamExt};
 use hmac::{Hmac, Mac};
-use reqwest::{Method, StatusCode};
 use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
@@ -20,19 +44,42 @@ use crate::config::AzureConfig;
 
 /// Block size of block uploads, as the original's.
 pub const DEFAULT_BLOCK_SIZE: u64 = 4 * 1024 * 1024;
-/// The REST API version requests are made with.
-pub const API_VERSION: &str = "2021-08-06";
+/// The version of the account SAS we sign (its string-to-sign has nine fields).
+const SAS_VERSION: &str = "2019-02-02";
+/// How long a SAS we sign is valid: from a little before the upload starts (clocks differ) to a
+/// day after, longer than any retry budget.
+const SAS_BEFORE: Duration = Duration::from_secs(15 * 60);
+const SAS_VALID: Duration = Duration::from_secs(24 * 3600);
 /// A block blob has at most this many blocks.
 const MAX_BLOCKS: u64 = 50_000;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A container of a storage account, with the account's key.
+/// How requests are authorised.
+#[derive(Clone)]
+enum Auth {
+    /// The account key (decoded): an account SAS is signed for each upload.
+    Key(Vec<u8>),
+    /// A SAS token the operator issued (the query string, without `?`).
+    Sas(String),
+    /// An Entra ID identity.
+    Entra(Arc<dyn TokenCredential>),
+}
+
+impl Auth {
+    fn name(&self) -> &'static str {
+        match self {
+            Auth::Key(_) => "account key",
+            Auth::Sas(_) => "SAS token",
+            Auth::Entra(_) => "Entra ID",
+        }
+    }
+}
+
+/// A container of a storage account, and how to be let in.
 #[derive(Clone)]
 pub struct AzureBlob {
-    http: reqwest::Client,
     account: String,
-    key: Vec<u8>,
     container: String,
+    auth: Auth,
     /// The account's address without a trailing slash.
     base: url::Url,
     /// `base` as text, for download URLs and messages.
@@ -45,16 +92,15 @@ impl std::fmt::Debug for AzureBlob {
             .field("account", &self.account)
             .field("container", &self.container)
             .field("endpoint", &self.endpoint)
-            .finish_non_exhaustive()
+            .field("auth", &self.auth.name())
+            .finish()
     }
 }
 
-/// A failed request, with the error code Azure gave.
-#[derive(Debug)]
-struct HttpFailure {
-    status: StatusCode,
-    code: String,
-    message: String,
+/// The clients of one upload: the SAS (if any) is in their URLs, an Entra credential in their
+/// pipeline.
+struct Clients {
+    blob: BlobClient,
 }
 
 impl AzureBlob {
@@ -62,7 +108,6 @@ impl AzureBlob {
     pub fn new(cfg: &AzureConfig) -> Result<Self, UploadError> {
         for (key, value) in [
             ("file_output.azblob.account_name", &cfg.account_name),
-            ("file_output.azblob.account_key", &cfg.account_key),
             ("file_output.azblob.container_name", &cfg.container_name),
         ] {
             if value.trim().is_empty() {
@@ -72,19 +117,6 @@ impl AzureBlob {
                 });
             }
         }
-        // As lenient as Go's decoder, which the original used.
-        let lenient = base64::engine::GeneralPurpose::new(
-            &base64::alphabet::STANDARD,
-            base64::engine::GeneralPurposeConfig::new()
-                .with_decode_allow_trailing_bits(true)
-                .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
-        );
-        let key = lenient
-            .decode(cfg.account_key.trim())
-            .map_err(|_| UploadError::Config {
-                key: "file_output.azblob.account_key",
-                problem: "not valid base64 (it is the storage account's access key)".into(),
-            })?;
         let base = if cfg.endpoint.trim().is_empty() {
             super::normalize_endpoint(
                 &format!("https://{}.blob.core.windows.net", cfg.account_name),
@@ -93,26 +125,24 @@ impl AzureBlob {
         } else {
             super::normalize_endpoint(&cfg.endpoint, "file_output.azblob.endpoint")?
         };
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .build()
-            .map_err(|e| UploadError::Config {
-                key: "file_output.azblob",
-                problem: format!("cannot make an HTTP client: {}", super::error_chain(&e)),
-            })?;
+        let auth = auth(cfg, &base)?;
         Ok(Self {
-            http,
             account: cfg.account_name.clone(),
-            key,
             container: cfg.container_name.clone(),
+            auth,
             endpoint: base.as_str().trim_end_matches('/').to_owned(),
             base,
         })
     }
 
+    /// `"account key"`, `"SAS token"` or `"Entra ID"`.
+    pub fn auth_kind(&self) -> &'static str {
+        self.auth.name()
+    }
+
     /// `<endpoint>/<container>/<name>`, each piece of the name percent-encoded as the upload
     /// sends it: the address of exactly the blob written (a `#` or `?` in a name stays in the
-    /// name).
+    /// name). Never carries a SAS.
     pub fn download_url(&self, name: &str) -> String {
         self.blob_url(name).into()
     }
@@ -129,55 +159,87 @@ impl AzureBlob {
     /// Creates the container (private); one that already exists is fine. Not part of an upload
     /// (the original never created containers): for tests and setup tools.
     pub async fn create_container(&self) -> Result<(), UploadError> {
-        let mut url = self.container_url();
-        url.query_pairs_mut().append_pair("restype", "container");
-        match self.send(Method::PUT, url, &[], Vec::new()).await {
+        let fail = |m: String| self.error("", format!("Create Container: {m}"));
+        let (url, credential) = self.authorised(self.container_url()).map_err(fail)?;
+        let options = BlobContainerClientOptions {
+            client_options: client_options(),
+            ..Default::default()
+        };
+        let client = BlobContainerClient::new(url, credential, Some(options))
+            .map_err(|e| fail(describe(&e)))?;
+        match client.create(None).await {
             Ok(_) => Ok(()),
-            Err(Ok(f)) if f.status == StatusCode::CONFLICT => Ok(()),
-            Err(e) => Err(self.error("", format!("Create Container: {}", describe(e)))),
+            Err(e) if e.http_status() == Some(StatusCode::Conflict) => Ok(()),
+            Err(e) => Err(fail(describe(&e))),
         }
     }
 
     /// Downloads a blob whole, with its content type. For checks and tests (small blobs).
     pub async fn get_blob(&self, name: &str) -> Result<(Vec<u8>, Option<String>), UploadError> {
-        let fail = |e| self.error(name, format!("Get Blob: {}", describe(e)));
-        let response = self
-            .send(Method::GET, self.blob_url(name), &[], Vec::new())
+        let fail = |m: String| self.error(name, format!("Get Blob: {m}"));
+        let clients = self.clients(name).map_err(fail)?;
+        let result = clients
+            .blob
+            .download(None)
             .await
-            .map_err(fail)?;
-        let content_type = response
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let body = response.bytes().await.map_err(|e| fail(Err(e)))?;
+            .map_err(|e| fail(describe(&e)))?;
+        let content_type = result.properties.content_type.clone();
+        let body = result
+            .body
+            .collect()
+            .await
+            .map_err(|e| fail(describe(&e)))?;
         Ok((body.to_vec(), content_type))
     }
 
     /// Uploads the file, then checks that the stored blob has its size: the local file is only
     /// removed after that.
     pub(crate) async fn upload(&self, job: &Job<'_>) -> Result<(), UploadError> {
-        self.put(job).await?;
-        self.verify(job).await
+        let clients = self.clients(job.key).map_err(|m| self.error(job.key, m))?;
+        self.put(&clients, job).await?;
+        self.verify(&clients, job).await
     }
 
-    /// Get Blob Properties (HEAD): the stored blob's size must be the file's.
-    async fn verify(&self, job: &Job<'_>) -> Result<(), UploadError> {
-        let stored = retry(job.retry, "Get Blob Properties", 0, || async {
-            match self
-                .send(Method::HEAD, self.blob_url(job.key), &[], Vec::new())
-                .await
-            {
-                Ok(r) => Ok(r
-                    .headers()
-                    .get(reqwest::header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<u64>().ok())),
-                Err(e) => Err(Failure {
-                    transient: true,
-                    message: describe(e),
-                }),
+    /// The SDK's clients for one blob, authorised (a fresh SAS when signing with the key).
+    fn clients(&self, name: &str) -> Result<Clients, String> {
+        let (url, credential) = self.authorised(self.blob_url(name))?;
+        let options = BlobClientOptions {
+            client_options: client_options(),
+            ..Default::default()
+        };
+        let blob = BlobClient::new(url, credential, Some(options)).map_err(|e| describe(&e))?;
+        Ok(Clients { blob })
+    }
+
+    /// `url` with the SAS in its query, or the Entra credential to send with it.
+    #[allow(clippy::type_complexity)]
+    fn authorised(
+        &self,
+        mut url: url::Url,
+    ) -> Result<(url::Url, Option<Arc<dyn TokenCredential>>), String> {
+        match &self.auth {
+            Auth::Key(key) => {
+                let sas = account_sas(&self.account, key, &url, SystemTime::now());
+                url.set_query(Some(&sas));
+                Ok((url, None))
             }
+            Auth::Sas(sas) => {
+                url.set_query(Some(sas));
+                Ok((url, None))
+            }
+            Auth::Entra(credential) => Ok((url, Some(credential.clone()))),
+        }
+    }
+
+    /// Get Blob Properties: the stored blob's size must be the file's.
+    async fn verify(&self, clients: &Clients, job: &Job<'_>) -> Result<(), UploadError> {
+        let stored = retry(job.retry, "Get Blob Properties", 0, || async {
+            let response = clients
+                .blob
+                .get_properties(None)
+                .await
+                .map_err(|e| failure(&e))?;
+            Ok(response.content_length().ok().flatten())
         })
         .await
         .map_err(|m| self.error(job.key, format!("Get Blob Properties after upload: {m}")))?;
@@ -194,18 +256,28 @@ impl AzureBlob {
         Ok(())
     }
 
-    async fn put(&self, job: &Job<'_>) -> Result<(), UploadError> {
+    async fn put(&self, clients: &Clients, job: &Job<'_>) -> Result<(), UploadError> {
+        let block_blob = clients.blob.block_blob_client();
         if job.size <= job.part_size {
+            // One Put Blob.
             let body = read_range(job, 0, job.size)
                 .await
                 .map_err(|m| self.error(job.key, m))?;
-            let headers = [
-                ("x-ms-blob-type", "BlockBlob"),
-                ("x-ms-blob-content-type", CONTENT_TYPE),
-            ];
-            return self
-                .request(job, "Put Blob", self.blob_url(job.key), &headers, &body)
-                .await;
+            return retry(job.retry, "Put Blob", job.size, || async {
+                let options = BlockBlobClientUploadOptions {
+                    blob_content_type: Some(CONTENT_TYPE.into()),
+                    parallel: Some(std::num::NonZero::<usize>::MIN),
+                    partition_size: std::num::NonZero::new(job.part_size.max(1)),
+                    ..Default::default()
+                };
+                block_blob
+                    .upload(body.clone().into(), Some(options))
+                    .await
+                    .map(drop)
+                    .map_err(|e| failure(&e))
+            })
+            .await
+            .map_err(|m| self.error(job.key, format!("Put Blob: {m}")));
         }
         let blocks = plan_parts(job.size, job.part_size, MAX_BLOCKS);
         tracing::info!(
@@ -216,34 +288,53 @@ impl AzureBlob {
             "Azure block upload started"
         );
         futures::stream::iter(blocks.iter().copied())
-            .map(|block| self.put_block(job, block))
+            .map(|block| self.put_block(&block_blob, job, block))
             .buffer_unordered(job.concurrency)
             .try_collect::<Vec<()>>()
             .await?;
-        let mut list = String::from(r#"<?xml version="1.0" encoding="utf-8"?><BlockList>"#);
-        for block in &blocks {
-            list.push_str("<Latest>");
-            list.push_str(&block_id(block));
-            list.push_str("</Latest>");
-        }
-        list.push_str("</BlockList>");
-        let mut url = self.blob_url(job.key);
-        url.query_pairs_mut().append_pair("comp", "blocklist");
-        let headers = [("x-ms-blob-content-type", CONTENT_TYPE)];
-        self.request(job, "Put Block List", url, &headers, list.as_bytes())
-            .await
+        let list = BlockLookupList {
+            latest: Some(blocks.iter().map(block_id).collect()),
+            ..Default::default()
+        };
+        retry(job.retry, "Put Block List", 0, || async {
+            let content: RequestContent<BlockLookupList, _> = list
+                .clone()
+                .try_into()
+                .map_err(|e: azure_core::Error| Failure::permanent(describe(&e)))?;
+            let options = BlockBlobClientCommitBlockListOptions {
+                blob_content_type: Some(CONTENT_TYPE.into()),
+                ..Default::default()
+            };
+            block_blob
+                .commit_block_list(content, Some(options))
+                .await
+                .map(drop)
+                .map_err(|e| failure(&e))
+        })
+        .await
+        .map_err(|m| self.error(job.key, format!("Put Block List: {m}")))
     }
 
-    async fn put_block(&self, job: &Job<'_>, block: Part) -> Result<(), UploadError> {
+    async fn put_block(
+        &self,
+        block_blob: &azure_storage_blob::BlockBlobClient,
+        job: &Job<'_>,
+        block: Part,
+    ) -> Result<(), UploadError> {
         let body = read_range(job, block.offset, block.len)
             .await
             .map_err(|m| self.error(job.key, m))?;
-        let mut url = self.blob_url(job.key);
-        url.query_pairs_mut()
-            .append_pair("comp", "block")
-            .append_pair("blockid", &block_id(&block));
+        let id = block_id(&block);
         let request = format!("Put Block {}", block.number);
-        self.request(job, &request, url, &[], &body).await?;
+        retry(job.retry, &request, block.len, || async {
+            block_blob
+                .stage_block(&id, block.len, body.clone().into(), None)
+                .await
+                .map(drop)
+                .map_err(|e| failure(&e))
+        })
+        .await
+        .map_err(|m| self.error(job.key, format!("{request}: {m}")))?;
         tracing::debug!(
             key = job.key,
             block = block.number,
@@ -251,40 +342,6 @@ impl AzureBlob {
             "Azure block uploaded"
         );
         Ok(())
-    }
-
-    /// One request of an upload, retried.
-    async fn request(
-        &self,
-        job: &Job<'_>,
-        what: &str,
-        url: url::Url,
-        headers: &[(&str, &str)],
-        body: &[u8],
-    ) -> Result<(), UploadError> {
-        retry(job.retry, what, body.len() as u64, || async {
-            match self
-                .send(Method::PUT, url.clone(), headers, body.to_vec())
-                .await
-            {
-                Ok(_) => Ok(()),
-                Err(Ok(f)) => {
-                    let transient = f.status.is_server_error()
-                        || f.status == StatusCode::REQUEST_TIMEOUT
-                        || f.status == StatusCode::TOO_MANY_REQUESTS;
-                    Err(Failure {
-                        transient,
-                        message: describe(Ok(f)),
-                    })
-                }
-                Err(Err(e)) => Err(Failure {
-                    transient: !e.is_builder(),
-                    message: describe(Err(e)),
-                }),
-            }
-        })
-        .await
-        .map_err(|m| self.error(job.key, format!("{what}: {m}")))
     }
 
     fn container_url(&self) -> url::Url {
@@ -303,126 +360,148 @@ impl AzureBlob {
         }
         url
     }
+}
 
-    /// Signs and sends one request. `Err(Ok)` is an HTTP error answer, `Err(Err)` no answer.
-    async fn send(
-        &self,
-        method: Method,
-        url: url::Url,
-        headers: &[(&str, &str)],
-        body: Vec<u8>,
-    ) -> Result<reqwest::Response, Result<HttpFailure, reqwest::Error>> {
-        let date = httpdate::fmt_http_date(SystemTime::now());
-        let mut ms_headers: Vec<(String, String)> = headers
-            .iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), (*v).to_owned()))
-            .collect();
-        ms_headers.push(("x-ms-date".into(), date));
-        ms_headers.push(("x-ms-version".into(), API_VERSION.into()));
-        let authorization = self.authorization(&method, &url, body.len(), &ms_headers);
-        let mut request = self
-            .http
-            .request(method, url.as_str())
-            .header(reqwest::header::AUTHORIZATION, authorization);
-        for (name, value) in &ms_headers {
-            request = request.header(name.as_str(), value.as_str());
-        }
-        if !body.is_empty() {
-            request = request.header(reqwest::header::CONTENT_LENGTH, body.len());
-        }
-        let response = request.body(body).send().await.map_err(Err)?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(response);
-        }
-        let code = response
-            .headers()
-            .get("x-ms-error-code")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let text = response.text().await.unwrap_or_default();
-        Err(Ok(HttpFailure {
-            status,
-            code: code.or_else(|| xml_text(&text, "Code")).unwrap_or_default(),
-            message: xml_text(&text, "Message")
-                .map(|m| m.lines().next().unwrap_or_default().to_owned())
-                .unwrap_or_default(),
-        }))
+/// How `cfg` lets us in: the account key, else the SAS token, else the pod's Entra identity.
+fn auth(cfg: &AzureConfig, base: &url::Url) -> Result<Auth, UploadError> {
+    let key = cfg.account_key.trim();
+    let sas = cfg.sas_token.trim().trim_start_matches('?');
+    if !key.is_empty() && !sas.is_empty() {
+        return Err(UploadError::Config {
+            key: "file_output.azblob.sas_token",
+            problem: "set account_key or sas_token, not both".into(),
+        });
     }
-
-    /// `SharedKey <account>:<signature>` for a request (Shared Key, version 2015-02-21 and later).
-    fn authorization(
-        &self,
-        method: &Method,
-        url: &url::Url,
-        content_length: usize,
-        ms_headers: &[(String, String)],
-    ) -> String {
-        let string_to_sign = string_to_sign(
-            &self.account,
-            method.as_str(),
-            url,
-            content_length,
-            ms_headers,
+    if !key.is_empty() {
+        // As lenient as Go's decoder, which the original used.
+        let lenient = base64::engine::GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            base64::engine::GeneralPurposeConfig::new()
+                .with_decode_allow_trailing_bits(true)
+                .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
         );
-        let signature = sign(&self.key, &string_to_sign);
-        format!("SharedKey {}:{}", self.account, signature)
+        let key = lenient.decode(key).map_err(|_| UploadError::Config {
+            key: "file_output.azblob.account_key",
+            problem: "not valid base64 (it is the storage account's access key)".into(),
+        })?;
+        return Ok(Auth::Key(key));
+    }
+    if !sas.is_empty() {
+        if !sas.split('&').any(|p| p.starts_with("sig=")) {
+            return Err(UploadError::Config {
+                key: "file_output.azblob.sas_token",
+                problem: "not a SAS token (it has no sig= parameter)".into(),
+            });
+        }
+        return Ok(Auth::Sas(sas.to_owned()));
+    }
+    if base.scheme() != "https" {
+        return Err(UploadError::Config {
+            key: "file_output.azblob.endpoint",
+            problem: "Entra ID (no account_key, no sas_token) needs an https endpoint".into(),
+        });
+    }
+    entra(&|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
+        .map(|(credential, _)| Auth::Entra(credential))
+        .map_err(|problem| UploadError::Config {
+            key: "file_output.azblob",
+            problem,
+        })
+}
+
+/// Which Entra identity [`entra`] chose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Identity {
+    Workload,
+    Managed,
+}
+
+/// The pod's Entra identity: workload identity when its token file is named (AKS sets
+/// `AZURE_FEDERATED_TOKEN_FILE`, `AZURE_CLIENT_ID`, `AZURE_TENANT_ID`), else the managed identity
+/// (the user-assigned one named by `AZURE_CLIENT_ID`, else the system-assigned one).
+fn entra(
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(Arc<dyn TokenCredential>, Identity), String> {
+    if let Some(token_file) = env("AZURE_FEDERATED_TOKEN_FILE") {
+        let options = WorkloadIdentityCredentialOptions {
+            client_id: env("AZURE_CLIENT_ID"),
+            tenant_id: env("AZURE_TENANT_ID"),
+            token_file_path: Some(token_file.into()),
+            ..Default::default()
+        };
+        let credential = WorkloadIdentityCredential::new(Some(options))
+            .map_err(|e| format!("workload identity: {}", describe(&e)))?;
+        tracing::info!("Azure uploads authorised by the pod's workload identity");
+        return Ok((credential, Identity::Workload));
+    }
+    let options = ManagedIdentityCredentialOptions {
+        user_assigned_id: env("AZURE_CLIENT_ID").map(UserAssignedId::ClientId),
+        ..Default::default()
+    };
+    let credential = ManagedIdentityCredential::new(Some(options))
+        .map_err(|e| format!("managed identity: {}", describe(&e)))?;
+    tracing::info!("Azure uploads authorised by the managed identity");
+    Ok((credential, Identity::Managed))
+}
+
+/// The SDK's options: its own retries are off (ours are around every request).
+fn client_options() -> ClientOptions {
+    ClientOptions {
+        retry: RetryOptions::none(),
+        ..Default::default()
     }
 }
 
-/// The Shared Key string to sign. Only the headers this client sends are filled in: the
-/// standard ones it never sets (Content-Type, Range, conditions...) are empty lines.
-fn string_to_sign(
-    account: &str,
-    method: &str,
-    url: &url::Url,
-    content_length: usize,
-    ms_headers: &[(String, String)],
-) -> String {
-    let length = if content_length == 0 {
-        String::new()
+/// An account SAS for the blob service (containers and objects: read, write, create) signed with
+/// the account key, valid from a quarter of an hour before `now` to a day after. Plain http only
+/// when the endpoint is (Azurite).
+fn account_sas(account: &str, key: &[u8], url: &url::Url, now: SystemTime) -> String {
+    let start = iso8601(now - SAS_BEFORE);
+    let expiry = iso8601(now + SAS_VALID);
+    let protocol = if url.scheme() == "https" {
+        "https"
     } else {
-        content_length.to_string()
+        "https,http"
     };
-    // VERB, Content-Encoding, Content-Language, Content-Length, Content-MD5, Content-Type, Date,
-    // If-Modified-Since, If-Match, If-None-Match, If-Unmodified-Since, Range.
-    let mut s = format!("{method}\n\n\n{length}\n\n\n\n\n\n\n\n\n");
-    let mut headers: Vec<(String, &str)> = ms_headers
-        .iter()
-        .filter(|(k, _)| k.starts_with("x-ms-"))
-        .map(|(k, v)| (k.to_ascii_lowercase(), v.trim()))
-        .collect();
-    headers.sort();
-    for (k, v) in headers {
-        s.push_str(&k);
-        s.push(':');
-        s.push_str(v);
-        s.push('\n');
-    }
-    // Canonicalized resource: /account/path (the path as sent, which for Azurite repeats the
-    // account), then each query parameter, lower-cased and sorted, with its decoded value.
-    s.push('/');
-    s.push_str(account);
-    s.push_str(url.path());
-    let mut params: Vec<(String, String)> = url
-        .query_pairs()
-        .map(|(k, v)| (k.to_ascii_lowercase(), v.into_owned()))
-        .collect();
-    params.sort();
-    let mut i = 0;
-    while i < params.len() {
-        let name = params[i].0.clone();
-        let mut values = Vec::new();
-        while i < params.len() && params[i].0 == name {
-            values.push(params[i].1.clone());
-            i += 1;
-        }
-        s.push('\n');
-        s.push_str(&name);
-        s.push(':');
-        s.push_str(&values.join(","));
-    }
-    s
+    let (permissions, services, resource_types) = ("rwc", "b", "co");
+    let string_to_sign = format!(
+        "{account}\n{permissions}\n{services}\n{resource_types}\n{start}\n{expiry}\n\n{protocol}\n{SAS_VERSION}\n"
+    );
+    let signature = sign(key, &string_to_sign);
+    url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("sv", SAS_VERSION)
+        .append_pair("ss", services)
+        .append_pair("srt", resource_types)
+        .append_pair("sp", permissions)
+        .append_pair("st", &start)
+        .append_pair("se", &expiry)
+        .append_pair("spr", protocol)
+        .append_pair("sig", &signature)
+        .finish()
+}
+
+/// `2026-11-25T18:19:09Z`: the UTC time to the second.
+fn iso8601(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (H. Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 fn sign(key: &[u8], string_to_sign: &str) -> String {
@@ -435,13 +514,14 @@ fn sign(key: &[u8], string_to_sign: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
 
-/// Block ids: base64 of the zero-padded block number, all of one length as Azure requires.
-fn block_id(block: &Part) -> String {
-    base64::engine::general_purpose::STANDARD.encode(format!("{:06}", block.number))
+/// Block ids (the SDK sends them base64-encoded): the zero-padded block number, all of one
+/// length as Azure requires.
+fn block_id(block: &Part) -> Vec<u8> {
+    format!("{:06}", block.number).into_bytes()
 }
 
 /// `len` bytes of the file from `offset`.
-async fn read_range(job: &Job<'_>, offset: u64, len: u64) -> Result<Vec<u8>, String> {
+async fn read_range(job: &Job<'_>, offset: u64, len: u64) -> Result<Bytes, String> {
     let fail = |e: std::io::Error| format!("reading {}: {e}", job.local.display());
     let mut file = tokio::fs::File::open(job.local).await.map_err(fail)?;
     file.seek(std::io::SeekFrom::Start(offset))
@@ -449,25 +529,69 @@ async fn read_range(job: &Job<'_>, offset: u64, len: u64) -> Result<Vec<u8>, Str
         .map_err(fail)?;
     let mut buf = vec![0; usize::try_from(len).map_err(|e| e.to_string())?];
     file.read_exact(&mut buf).await.map_err(fail)?;
-    Ok(buf)
+    Ok(Bytes::from(buf))
 }
 
-fn describe(e: Result<HttpFailure, reqwest::Error>) -> String {
-    match e {
-        Ok(f) => {
-            let mut s = format!("HTTP {}", f.status.as_u16());
-            if !f.code.is_empty() {
+/// A failed request, and whether it is worth trying again (no answer, 5xx, 408, 429).
+fn failure(e: &azure_core::Error) -> Failure {
+    let transient = match e.kind() {
+        ErrorKind::HttpResponse { status, .. } => {
+            status.is_server_error()
+                || *status == StatusCode::RequestTimeout
+                || *status == StatusCode::TooManyRequests
+        }
+        ErrorKind::Connection | ErrorKind::Io => true,
+        _ => false,
+    };
+    Failure {
+        transient,
+        message: describe(e),
+    }
+}
+
+/// An SDK error as one line: `HTTP 404 ContainerNotFound: The specified container does not
+/// exist.` for answers, the error's chain otherwise. A SAS signature is never shown.
+fn describe(e: &azure_core::Error) -> String {
+    let text = match e.kind() {
+        ErrorKind::HttpResponse {
+            status,
+            error_code,
+            raw_response,
+        } => {
+            let mut s = format!("HTTP {}", u16::from(*status));
+            if let Some(code) = error_code {
                 s.push(' ');
-                s.push_str(&f.code);
+                s.push_str(code);
             }
-            if !f.message.is_empty() {
+            let message = raw_response
+                .as_ref()
+                .and_then(|r| xml_text(&String::from_utf8_lossy(r.body()), "Message"));
+            if let Some(m) = message {
                 s.push_str(": ");
-                s.push_str(&f.message);
+                s.push_str(m.lines().next().unwrap_or_default());
             }
             s
         }
-        Err(e) => super::error_chain(&e),
+        _ => super::error_chain(e),
+    };
+    redact_signatures(&text)
+}
+
+/// `sig=<anything>` -> `sig=REDACTED`.
+fn redact_signatures(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("sig=") {
+        out.push_str(&rest[..i + 4]);
+        out.push_str("REDACTED");
+        rest = &rest[i + 4..];
+        let end = rest
+            .find(|c: char| c == '&' || c == '"' || c == '\'' || c.is_whitespace())
+            .unwrap_or(rest.len());
+        rest = &rest[end..];
     }
+    out.push_str(rest);
+    out
 }
 
 /// The text of the first `<tag>` of an XML error body.
@@ -481,14 +605,18 @@ fn xml_text(xml: &str, tag: &str) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn client(endpoint: &str) -> AzureBlob {
-        AzureBlob::new(&AzureConfig {
+    fn config(endpoint: &str) -> AzureConfig {
+        AzureConfig {
             account_name: "devstoreaccount1".into(),
             account_key: "c2VjcmV0".into(),
             container_name: "videos".into(),
             endpoint: endpoint.into(),
-        })
-        .unwrap()
+            ..Default::default()
+        }
+    }
+
+    fn client(endpoint: &str) -> AzureBlob {
+        AzureBlob::new(&config(endpoint)).unwrap()
     }
 
     #[test]
@@ -515,28 +643,53 @@ mod tests {
     }
 
     #[test]
-    fn string_to_sign_follows_the_shared_key_format() {
-        let url = url::Url::parse(
-            "http://127.0.0.1:10000/devstoreaccount1/videos/x.mp4?comp=block&blockid=MDAwMDAx",
-        )
-        .unwrap();
-        let headers = vec![
-            ("x-ms-version".to_string(), API_VERSION.to_string()),
-            (
-                "x-ms-date".to_string(),
-                "Fri, 01 Jan 2021 00:00:00 GMT".to_string(),
-            ),
-        ];
-        let s = string_to_sign("devstoreaccount1", "PUT", &url, 42, &headers);
+    fn the_key_signs_an_account_sas_and_stays_out_of_urls() {
+        let c = client("http://127.0.0.1:10000/devstoreaccount1");
+        let (url, credential) = c.authorised(c.blob_url("a/b.mp4")).unwrap();
+        assert!(credential.is_none());
+        let query: std::collections::HashMap<String, String> =
+            url.query_pairs().into_owned().collect();
+        assert_eq!(query["sv"], SAS_VERSION);
+        assert_eq!(query["ss"], "b");
+        assert_eq!(query["srt"], "co");
+        assert_eq!(query["sp"], "rwc");
         assert_eq!(
-            s,
-            "PUT\n\n\n42\n\n\n\n\n\n\n\n\n\
-             x-ms-date:Fri, 01 Jan 2021 00:00:00 GMT\n\
-             x-ms-version:2021-08-06\n\
-             /devstoreaccount1/devstoreaccount1/videos/x.mp4\nblockid:MDAwMDAx\ncomp:block"
+            query["spr"], "https,http",
+            "http allowed for a http endpoint"
         );
-        let empty = string_to_sign("a", "GET", &url::Url::parse("https://h/c").unwrap(), 0, &[]);
-        assert_eq!(empty, "GET\n\n\n\n\n\n\n\n\n\n\n\n/a/c");
+        assert!(!query["sig"].is_empty());
+        assert!(!url.as_str().contains("c2VjcmV0"));
+        assert_eq!(url.path(), "/devstoreaccount1/videos/a/b.mp4");
+        assert!(!c.download_url("a/b.mp4").contains('?'));
+        // https endpoints get an https-only SAS.
+        let c = client("");
+        let (url, _) = c.authorised(c.blob_url("b.mp4")).unwrap();
+        assert!(url.query().unwrap().contains("spr=https&"), "{url}");
+    }
+
+    #[test]
+    fn the_account_sas_is_signed_over_the_documented_fields() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_094_749); // 2025-11-25T18:19:09Z
+        let url = url::Url::parse("http://127.0.0.1:10000/devstoreaccount1/c").unwrap();
+        let sas = account_sas("acct", b"Jefe", &url, now);
+        let expected_string = "acct\nrwc\nb\nco\n2025-11-25T18:04:09Z\n2025-11-26T18:19:09Z\n\nhttps,http\n2019-02-02\n";
+        assert_eq!(
+            sas,
+            format!(
+                "sv=2019-02-02&ss=b&srt=co&sp=rwc&st=2025-11-25T18%3A04%3A09Z&se=2025-11-26T18%3A19%3A09Z&spr=https%2Chttp&sig={}",
+                url::form_urlencoded::byte_serialize(sign(b"Jefe", expected_string).as_bytes())
+                    .collect::<String>()
+            )
+        );
+    }
+
+    #[test]
+    fn times_are_utc_to_the_second() {
+        let at = |s| iso8601(SystemTime::UNIX_EPOCH + Duration::from_secs(s));
+        assert_eq!(at(0), "1970-01-01T00:00:00Z");
+        assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(at(1_764_094_749), "2025-11-25T18:19:09Z");
+        assert_eq!(at(4_107_542_399), "2100-02-28T23:59:59Z");
     }
 
     #[test]
@@ -553,6 +706,88 @@ mod tests {
     }
 
     #[test]
+    fn a_sas_token_is_used_as_given() {
+        let c = AzureBlob::new(&AzureConfig {
+            account_key: String::new(),
+            sas_token: "?sv=2022-11-02&sp=rwc&sig=abc%3D".into(),
+            ..config("http://127.0.0.1:10000/devstoreaccount1")
+        })
+        .unwrap();
+        assert_eq!(c.auth_kind(), "SAS token");
+        let (url, credential) = c.authorised(c.blob_url("x.mp4")).unwrap();
+        assert!(credential.is_none());
+        assert_eq!(url.query(), Some("sv=2022-11-02&sp=rwc&sig=abc%3D"));
+    }
+
+    #[test]
+    fn credentials_are_checked_when_configured() {
+        let problem = |cfg: AzureConfig| match AzureBlob::new(&cfg) {
+            Err(UploadError::Config { key, problem }) => format!("{key}: {problem}"),
+            other => panic!("{other:?}"),
+        };
+        let both = problem(AzureConfig {
+            sas_token: "sig=x".into(),
+            ..config("")
+        });
+        assert!(both.contains("not both"), "{both}");
+        let not_sas = problem(AzureConfig {
+            account_key: String::new(),
+            sas_token: "sv=2022-11-02".into(),
+            ..config("")
+        });
+        assert!(not_sas.contains("sig="), "{not_sas}");
+        let bad_key = problem(AzureConfig {
+            account_key: "not base64!".into(),
+            ..config("")
+        });
+        assert!(bad_key.contains("base64"), "{bad_key}");
+        // Entra ID tokens are only sent over https.
+        let entra_http = problem(AzureConfig {
+            account_key: String::new(),
+            ..config("http://127.0.0.1:10000/devstoreaccount1")
+        });
+        assert!(entra_http.contains("https"), "{entra_http}");
+    }
+
+    #[test]
+    fn entra_uses_the_workload_identity_when_its_token_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "a.b.c").unwrap();
+        let token = token.to_string_lossy().into_owned();
+        let vars = [
+            ("AZURE_FEDERATED_TOKEN_FILE", token.as_str()),
+            ("AZURE_CLIENT_ID", "00000000-0000-0000-0000-000000000001"),
+            ("AZURE_TENANT_ID", "00000000-0000-0000-0000-000000000002"),
+        ];
+        let env = |name: &str| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        };
+        let (_, identity) = entra(&env).unwrap();
+        assert_eq!(identity, Identity::Workload);
+        // A token file without the rest of what AKS injects: a clear error.
+        let partial = |name: &str| (name == "AZURE_FEDERATED_TOKEN_FILE").then(|| token.clone());
+        let e = entra(&partial).map(|_| ()).expect_err("no tenant");
+        assert!(
+            e.starts_with("workload identity:") && e.contains("tenant"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn entra_falls_back_to_the_managed_identity() {
+        let (_, identity) = entra(&|_| None).unwrap();
+        assert_eq!(identity, Identity::Managed);
+        let with_client = |name: &str| {
+            (name == "AZURE_CLIENT_ID").then(|| "00000000-0000-0000-0000-000000000001".to_owned())
+        };
+        let (_, identity) = entra(&with_client).unwrap();
+        assert_eq!(identity, Identity::Managed);
+    }
+
+    #[test]
     fn block_ids_have_one_length() {
         let id = |n| {
             block_id(&Part {
@@ -563,6 +798,15 @@ mod tests {
         };
         assert_eq!(id(1).len(), id(50_000).len());
         assert_ne!(id(1), id(2));
+    }
+
+    #[test]
+    fn signatures_never_reach_messages() {
+        assert_eq!(
+            redact_signatures("GET http://h/c/x?sv=1&sig=abc%2B%3D&se=2 failed; sig=zz"),
+            "GET http://h/c/x?sv=1&sig=REDACTED&se=2 failed; sig=REDACTED"
+        );
+        assert_eq!(redact_signatures("no secret"), "no secret");
     }
 
     #[test]

@@ -402,6 +402,7 @@ mod tests {
             account_key: "c2VjcmV0LWtleQ==".into(),
             container_name: "videos".into(),
             endpoint: endpoint.into(),
+            ..Default::default()
         }
     }
 

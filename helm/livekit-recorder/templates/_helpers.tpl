@@ -78,27 +78,30 @@ recorder's own defaults apply to every key left unset in values.
 
 {{/* Config keys only the egress worker reads: left out in service mode. */}}
 {{- define "livekit-recorder.egressKeys" -}}
-template_base cluster_id cpu_cost s3 azure session_limits enable_chrome_sandbox io_update_egress_info
+template_base cluster_id cpu_cost s3 azure gcp session_limits enable_chrome_sandbox io_update_egress_info
 {{- end }}
 
 {{/*
 The recorder's config file, from .Values.config. Service mode: without the egress-only keys, so it
-is the config service mode always had. Egress mode: egress's s3 / azure only when their bucket /
+is the config service mode always had. Egress mode: egress's s3 / azure / gcp only when their bucket /
 container is set (an s3 map with only force_path_style would name a storage without a bucket).
 */}}
 {{- define "livekit-recorder.config" -}}
 {{- $c := deepCopy .Values.config }}
-{{- if and $c.file_output.s3.bucket $c.file_output.azblob.container_name }}
-{{- fail "config.file_output: set only one of s3.bucket and azblob.container_name" }}
+{{- $fo := $c.file_output }}
+{{- if gt (len (compact (list (dig "s3" "bucket" "" $fo) (dig "azblob" "container_name" "" $fo) (dig "gcp" "bucket" "" $fo)))) 1 }}
+{{- fail "config.file_output: set only one of s3.bucket, azblob.container_name and gcp.bucket" }}
 {{- end }}
 {{- if eq (include "livekit-recorder.mode" .) "egress" }}
 {{- $s3 := dig "s3" "bucket" "" $c }}
 {{- $azure := dig "azure" "container_name" "" $c }}
-{{- if and $s3 $azure }}
-{{- fail "config: set only one of s3.bucket and azure.container_name (egress storage)" }}
+{{- $gcp := dig "gcp" "bucket" "" $c }}
+{{- if gt (len (compact (list $s3 $azure $gcp))) 1 }}
+{{- fail "config: set only one of s3.bucket, azure.container_name and gcp.bucket (egress storage)" }}
 {{- end }}
 {{- if not $s3 }}{{ $_ := unset $c "s3" }}{{ end }}
 {{- if not $azure }}{{ $_ := unset $c "azure" }}{{ end }}
+{{- if not $gcp }}{{ $_ := unset $c "gcp" }}{{ end }}
 {{- else }}
 {{- range splitList " " (include "livekit-recorder.egressKeys" .) }}
 {{- $_ := unset $c . }}
