@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 #
-# livekit-recorder: Chromium on Xvfb + PulseAudio, captured with GStreamer, one recording per container.
+# livekit-recorder: Chromium on an X display (Xorg dummy driver, or Xvfb) + PulseAudio, captured with GStreamer, one recording per container.
 #
 #   docker build -t livekit-recorder .
 #   docker run --rm --shm-size=1g -e LIVEKIT_RECORDER_CONFIG="$(cat config.yaml)" livekit-recorder
@@ -50,14 +50,14 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM ${RUNTIME_IMAGE} AS runtime
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
-# Xvfb, PulseAudio, Chromium, GStreamer plugins, tini and curl (the `runtime` profile).
+# Xorg (dummy driver) and Xvfb, PulseAudio, Chromium, GStreamer plugins, tini and curl (the `runtime` profile).
 COPY deploy/install-deps.sh /tmp/deploy/install-deps.sh
 RUN bash /tmp/deploy/install-deps.sh runtime \
  && rm -rf /tmp/deploy /var/lib/apt/lists/*
 
 # A non-root user with a writable home (PulseAudio and Chromium keep state there), a writable output
 # directory and a writable work directory (recordings are written there before upload).
-# /tmp/.X11-unix is made root-owned and sticky so that Xvfb, running as this user, can put its socket
+# /tmp/.X11-unix is made root-owned and sticky so that the X server, running as this user, can put its socket
 # there without complaint.
 ARG RECORDER_UID=10001
 RUN groupadd --system --gid "${RECORDER_UID}" recorder \

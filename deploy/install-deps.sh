@@ -14,6 +14,10 @@ profile="${1:-all}"
 # What a recording runs: X server, audio server, browser, GStreamer with the plugins the pipeline uses.
 RUNTIME=(
   ca-certificates
+  # The display: Xorg with the dummy video driver runs a mode at the recording's frame rate
+  # (src/display.rs); Xvfb is the fallback.
+  xserver-xorg-core
+  xserver-xorg-video-dummy
   xvfb
   pulseaudio
   pulseaudio-utils
@@ -46,6 +50,10 @@ TEST=(
   libnginx-mod-rtmp
   procps
   psmisc
+  # xrandr: tests/display.rs reads the display's mode and refresh rate.
+  x11-xserver-utils
+  # openssl: the certificate of the https Azurite (tests/azure_entra.rs).
+  openssl
 )
 
 # Building and running the container image without a docker engine (scripts/image.sh).

@@ -1,8 +1,9 @@
 //! livekit-recorder: records a web page, or a LiveKit room through a layout page, to MP4 or RTMP.
 //!
 //! # Theory of operation
-//! A recording is a [`session`]: a virtual X display ([`display`], Xvfb) and a private audio
-//! server ([`audio`], PulseAudio with a null sink) host a Chromium ([`browser`], driven over
+//! A recording is a [`session`]: a virtual X display ([`display`]: Xorg with the dummy driver at
+//! the recording's frame rate, or Xvfb) and a private audio server ([`audio`], PulseAudio with a
+//! null sink) host a Chromium ([`browser`], driven over
 //! DevTools) that shows the page; a GStreamer [`pipeline`] captures the screen and the sink's
 //! monitor, encodes H.264 + AAC, and writes a fragmented (crash-safe) MP4 or streams FLV. Every
 //! child process is [`process`]-supervised in its own process group and never outlives its
@@ -19,7 +20,7 @@ pub(crate) mod browser;
 pub(crate) mod bus;
 pub mod cli;
 pub mod config;
-pub(crate) mod display;
+pub mod display;
 pub(crate) mod egress;
 pub(crate) mod health;
 pub(crate) mod metrics;

@@ -277,7 +277,7 @@ async fn a_frozen_x_server_ends_the_recording() -> Result<()> {
         "watchdog: {video_stall: 5}",
         dir.path(),
         move |rec| {
-            let xvfb = tagged_process(&rec.tag, "Xvfb").context("no Xvfb")?;
+            let (xvfb, _) = tagged_x_server(&rec.tag).context("no X server")?;
             *seen.lock().unwrap() = Some(xvfb);
             kill(xvfb, Signal::SIGSTOP)
         },

@@ -281,7 +281,7 @@ fn standalone(config: &str, request: &serde_json::Value) -> Result<Recorder> {
     )
 }
 
-/// Waits until the recorder tagged `tag` runs its children: Xvfb, PulseAudio and a Chromium
+/// Waits until the recorder tagged `tag` runs its children: the X server, PulseAudio and a Chromium
 /// renderer (the page is loading or loaded).
 fn wait_children(tag: &str, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
@@ -291,7 +291,7 @@ fn wait_children(tag: &str, timeout: Duration) -> Result<()> {
         let renderer = chromium_processes(tag)
             .iter()
             .any(|(_, c, _)| c.contains("--type=renderer"));
-        if has("Xvfb") && has("pulseaudio") && has("parec") && renderer {
+        if X_SERVERS.iter().any(|x| has(x)) && has("pulseaudio") && has("parec") && renderer {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -486,9 +486,14 @@ fn the_network_policy_holds_inside_chromium() -> Result<()> {
     wait_children(&rec.tag, Duration::from_secs(10))?;
     // The children hold no secret of the config nor its variables.
     let checked = secrets::assert_children_clean(&rec.tag, rec.pid(), &rec.secrets);
-    for name in ["Xvfb", "pulseaudio", "parec", "chromium"] {
+    let is = |p: &String, name: &str| p.split(' ').nth(1) == Some(name);
+    assert!(
+        checked.iter().any(|p| X_SERVERS.iter().any(|x| is(p, x))),
+        "no X server among the children checked: {checked:?}"
+    );
+    for name in ["pulseaudio", "parec", "chromium"] {
         assert!(
-            checked.iter().any(|p| p.split(' ').nth(1) == Some(name)),
+            checked.iter().any(|p| is(p, name)),
             "{name} not among the children checked: {checked:?}"
         );
     }

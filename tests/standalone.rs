@@ -1,5 +1,5 @@
 //! Standalone mode end to end: the real binary records a local animated page with a tone, with
-//! real Xvfb, PulseAudio, Chromium and GStreamer. Run one at a time (`--test-threads=1`).
+//! a real X server, PulseAudio, Chromium and GStreamer. Run one at a time (`--test-threads=1`).
 
 mod common;
 
@@ -139,11 +139,7 @@ fn sigkill_of_the_process_group_leaves_a_playable_file() -> Result<()> {
 #[test]
 fn a_dead_part_ends_the_recording_with_an_error_and_a_finished_file() -> Result<()> {
     let web = WebServer::start(&[])?;
-    for (comm, name) in [
-        ("chromium", "Chromium"),
-        ("Xvfb", "Xvfb"),
-        ("pulseaudio", "PulseAudio"),
-    ] {
+    for part in ["chromium", "X server", "pulseaudio"] {
         let dir = tempfile::tempdir()?;
         let file = dir.path().join("crash.mp4");
         let rec = record_demo(
@@ -153,7 +149,14 @@ fn a_dead_part_ends_the_recording_with_an_error_and_a_finished_file() -> Result<
             r#"{"width": 640, "height": 360}"#,
         )?;
         std::thread::sleep(Duration::from_secs(5));
-        let pid = tagged_process(&rec.tag, comm).expect("the process to kill");
+        let (pid, name) = match part {
+            "X server" => tagged_x_server(&rec.tag).expect("the X server"),
+            "chromium" => (
+                tagged_process(&rec.tag, part).expect("Chromium"),
+                "Chromium",
+            ),
+            _ => (tagged_process(&rec.tag, part).expect(part), "PulseAudio"),
+        };
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL)?;
         let tag = rec.tag.clone();
         let done = rec.wait(Duration::from_secs(30))?;
@@ -197,7 +200,7 @@ fn a_second_signal_forces_a_stuck_finish() -> Result<()> {
     )?;
     std::thread::sleep(Duration::from_secs(4));
     // A frozen X server: the screen grab blocks, so EOS cannot get through.
-    let xvfb = tagged_process(&rec.tag, "Xvfb").expect("the X server");
+    let (xvfb, _) = tagged_x_server(&rec.tag).expect("the X server");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(xvfb), Signal::SIGSTOP)?;
     std::thread::sleep(Duration::from_millis(300));
     rec.signal(Signal::SIGINT);

@@ -70,7 +70,7 @@ pub(super) trait Engine: Send + Sync {
     fn teardown(&mut self) -> impl Future<Output = ()> + Send;
 }
 
-/// The real parts: Xvfb, PulseAudio, Chromium and the GStreamer pipeline, each started only
+/// The real parts: the X server (Xorg or Xvfb), PulseAudio, Chromium and the GStreamer pipeline, each started only
 /// once the one before it runs.
 pub(super) struct Machine {
     spec: RecordingSpec,
@@ -126,7 +126,7 @@ impl Engine for Machine {
         let warm_up = audio.warm_up(AUDIO_WARM_UP);
         let display = self
             .display
-            .insert(Display::start(o.width, o.height, o.depth).await?);
+            .insert(Display::start(o.width, o.height, o.depth, o.framerate).await?);
         let (browser, console) = Browser::launch(&BrowserOptions {
             display: display.name().to_owned(),
             pulse_server: audio.server(),
@@ -270,7 +270,7 @@ impl Engine for Machine {
         let display = async {
             if let Some(d) = self.display.as_mut() {
                 if let Err(e) = d.stop().await {
-                    tracing::error!(error = %e, "Xvfb teardown");
+                    tracing::error!(error = %e, "X server teardown");
                 }
             }
         };

@@ -382,6 +382,18 @@ pub fn assert_nothing_left(tag: &str) {
     }
 }
 
+/// The `comm` of the X servers a recording may run: Xorg with the dummy driver where it is
+/// installed (as `deploy/install-deps.sh` installs it), else Xvfb.
+pub const X_SERVERS: [&str; 2] = ["Xorg", "Xvfb"];
+
+/// The tagged recorder's X server: its pid and `comm` (`Xorg` or `Xvfb`, also the name the
+/// recorder gives it in errors).
+pub fn tagged_x_server(tag: &str) -> Option<(i32, &'static str)> {
+    X_SERVERS
+        .iter()
+        .find_map(|name| tagged_process(tag, name).map(|pid| (pid, *name)))
+}
+
 /// The pid of the tagged process whose `comm` is `name` and whose parent is not also `name`
 /// (the Chromium browser process rather than one of its helpers).
 pub fn tagged_process(tag: &str, name: &str) -> Option<i32> {
