@@ -5,6 +5,15 @@ Rows, measured in one run on the same machine:
   ours 720p30 / ours 1080p30   the recorder in standalone mode on the demo page
   seed 720p30 / seed 1080p30   a replica of the original pipeline (protocol.md 4.7) with
                                gst-launch-1.0, Xvfb, a private PulseAudio and Chromium (4.5 flags)
+  ours/seed <size> heavy       the same on scripts/bench/pages/heavy.html (2000 gradient particles,
+                               text, a blurred layer, CSS animations, redrawn every frame)
+  ours/seed <size> grid4/grid9 a LiveKit-like room grid (scripts/bench/pages/grid.html) playing 4 / 9
+                               looping 720p30 videos with sound, half VP8+Opus WebM and half
+                               H.264+AAC MP4, generated with ffmpeg before anything is measured
+                               and cached in out/bench-media/
+  ours on Xvfb <size> [heavy]   ours forced onto Xvfb (LIVEKIT_RECORDER_X_SERVER=xvfb) instead of
+                               Xorg at the frame rate: what the frame-rate display saves (BENCH_ONLY
+                               keys xvfb720, xvfb1080-heavy, ...; by default on the demo and heavy)
   ours service                 idle daemon (CPU, memory) and reservation ack latency
   ours egress ...              the egress worker (EGRESS_MODE=1) against the livekit-server double
                                of tests/common/egress.rs: idle StartEgress claim latency,
@@ -17,6 +26,7 @@ against the lossless clip.
 """
 
 import datetime
+import hashlib
 import json
 import shutil
 import os
@@ -30,6 +40,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -48,6 +59,16 @@ QUIET_MAX = float(os.environ.get("BENCH_QUIET_MAX", "180"))
 RESERVATIONS = int(os.environ.get("BENCH_RESERVATIONS", "300"))
 QUALITY_SECONDS = float(os.environ.get("BENCH_QUALITY_SECONDS", "10"))
 ONLY = {s.strip() for s in os.environ.get("BENCH_ONLY", "").split(",") if s.strip()}
+# the production-like page rows (heavy, grid4, grid9) measure a shorter window by default, so that
+# the whole bench fits in ~25 min on 2 cores
+PAGE_SECONDS = float(os.environ.get("BENCH_PAGE_SECONDS", str(min(20.0, SECONDS))))
+# page rows: seconds between 'recording' (ours) / PLAYING (seed) and the measured window, so that
+# neither side measures the page's start (media download, decoder set-up)
+PAGE_WARMUP = float(os.environ.get("BENCH_PAGE_WARMUP", "3"))
+# quiet wait: the machine also counts as quiet when all its CPUs together were busy less than this
+# many cores over 5 s (the 1-min load average still carries the previous recording for a minute);
+# 0 = only the load average
+QUIET_BUSY = float(os.environ.get("BENCH_QUIET_BUSY", "0.25"))
 KEEP = os.environ.get("BENCH_KEEP") == "1"
 EGRESS_TEST = os.environ.get("BENCH_EGRESS_TEST", "")
 EGRESS_N = int(os.environ.get("BENCH_EGRESS_N", "5"))
@@ -59,6 +80,21 @@ PRESETS = {  # name -> (preset, width, height, video kbps)
     "1080p30": ("FULL_HD_30", 1920, 1080, 4500),
 }
 
+PAGES = {  # row suffix -> (path under the served root, what it is); "" = the demo page
+    "": ("", "the busy demo page (demo/index.html)"),
+    "heavy": ("heavy.html", "scripts/bench/pages/heavy.html: full-screen canvas redrawn every frame with 2000 "
+              "radial-gradient particles, links, shadowed and scrolling text, under a blur(18px) layer of 8 "
+              "animated blobs, a backdrop-filter card sliding across, a spinning conic gradient and 48 pulsing "
+              "boxes (CSS animations); 440 Hz tone"),
+    "grid4": ("grid.html?n=4", "scripts/bench/pages/grid.html?n=4: 2x2 CSS grid of looping 720p30 videos with "
+              "sound, name labels, a moving active-speaker border"),
+    "grid9": ("grid.html?n=9", "scripts/bench/pages/grid.html?n=9: 3x3 grid, as grid4"),
+}
+PAGES_DIR = REPO / "scripts" / "bench" / "pages"
+MEDIA_DIR = REPO / "out" / "bench-media"
+MEDIA_SECONDS = 20
+MEDIA_KBPS = 2000
+
 
 def log(msg):
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
@@ -66,6 +102,16 @@ def log(msg):
 
 def wanted(name):
     return not ONLY or name in ONLY
+
+
+def row_key(who, res_name, page=""):
+    """BENCH_ONLY name of a row: ours720, seed1080, ours720-heavy, seed1080-grid9, ..."""
+    return f"{who}{res_name[:-3]}" + (f"-{page}" if page else "")
+
+
+def grid_tiles(page):
+    m = re.fullmatch(r"grid(\d+)", page)
+    return int(m.group(1)) if m else 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -269,13 +315,65 @@ def pss_bytes(pids):
     return total
 
 
-def measure_window(roots_fn, seconds, abort=None):
-    """Average cores used by the trees under roots_fn() over `seconds`, sampled each 0.5 s."""
+CPU_GROUPS = [  # (key, column title)
+    ("renderer", "Chromium renderer(s)"),
+    ("gpu", "Chromium GPU process"),
+    ("browser", "Chromium browser"),
+    ("chromium", "other Chromium (utility, zygote, ...)"),
+    ("x", "X server"),
+    ("pulse", "PulseAudio"),
+    ("rec", "recorder / gst-launch"),
+    ("other", "other"),
+]
+_CMDLINES = {}  # (pid, start) -> argv
+
+
+def cmdline(pid, start):
+    key = (pid, start)
+    if key not in _CMDLINES:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                raw = f.read()
+        except OSError:
+            raw = b""
+        argv = [a.decode("utf-8", "replace") for a in raw.split(b"\0") if a]
+        # Chromium's zygote children rewrite their title into one space-separated string
+        if len(argv) == 1 and " --" in argv[0]:
+            argv = argv[0].split(" ")
+        _CMDLINES[key] = argv
+    return _CMDLINES[key]
+
+
+def cpu_group(st, roots):
+    """The process group a process's CPU is reported under: by its name, and for Chromium by its
+    --type= argument (none = the browser process)."""
+    pid, comm = st["pid"], st["comm"]
+    if pid in roots:
+        return roots[pid]
+    if comm in ("Xvfb", "Xorg"):
+        return "x"
+    if comm in ("pulseaudio", "parec"):
+        return "pulse"
+    argv = cmdline(pid, st["start"])
+    exe = os.path.basename(argv[0]) if argv else ""
+    if "chrom" in exe or "chrom" in comm:
+        typ = next((a.split("=", 1)[1] for a in argv if a.startswith("--type=")), None)
+        if typ is None:
+            return "browser" if exe in ("chromium", "chrome") or comm in ("chromium", "chrome") else "chromium"
+        return {"renderer": "renderer", "gpu-process": "gpu"}.get(typ, "chromium")
+    return "other"
+
+
+def measure_window(roots_fn, seconds, abort=None, groups=None):
+    """Average cores used by the trees under roots_fn() over `seconds`, sampled each 0.5 s; also
+    split by cpu_group() (`groups`: pid -> group of a root process, e.g. the recorder -> "rec")."""
+    groups = groups or {}
     table = snapshot()
     roots = roots_fn()
     remember(table, roots)
     pids0 = tree(table, roots)
     table0 = table
+    group0 = {p: cpu_group(table0[p], groups) for p in pids0}
     t0 = time.monotonic()
     ticks0 = sum(table[p]["ticks"] for p in pids0)
     sys0 = system_busy_ticks()
@@ -304,8 +402,27 @@ def measure_window(roots_fn, seconds, abort=None):
     lost = [p for p in pids0 if p not in pids1 and table0[p]["ppid"] not in pids1]
     wall = t1 - t0
     ours = (ticks1 - ticks0) / CLK / wall
+    # by group: ticks at the end minus ticks at the start of the same process; a process gone by
+    # the end took its time into its parent's cutime/cstime, so its start ticks are taken from
+    # the parent's group (the groups add up to the total)
+    by_group = {g: 0 for g, _ in CPU_GROUPS}
+    group1 = {p: cpu_group(table[p], groups) for p in pids1}
+    for p in pids1:
+        by_group[group1[p]] += table[p]["ticks"]
+    for p in pids0:
+        if p in pids1:
+            g = group1[p]
+        else:
+            parent = table0[p]["ppid"]
+            g = group1[parent] if parent in pids1 else group0[p]
+        by_group[g] -= table0[p]["ticks"]
+    counts = {}
+    for p in pids1:
+        counts[group1[p]] = counts.get(group1[p], 0) + 1
     return {
         "cpu": ours,
+        "groups": {g: v / CLK / wall for g, v in by_group.items()},
+        "group_procs": counts,
         "other_cpu": max(0.0, (sys1 - sys0) / CLK / wall - ours),
         "wall": wall,
         "procs": max_procs,
@@ -316,17 +433,37 @@ def measure_window(roots_fn, seconds, abort=None):
     }
 
 
-def wait_quiet(label):
+def busy_cores(seconds):
+    """Cores the whole machine used over the next `seconds`."""
+    s0, t0 = system_busy_ticks(), time.monotonic()
+    time.sleep(seconds)
+    return (system_busy_ticks() - s0) / CLK / (time.monotonic() - t0)
+
+
+def wait_quiet(label, row=None):
+    """Waits until the 1-min load average is below QUIET_LOAD or, with QUIET_BUSY > 0, the machine
+    used less than QUIET_BUSY cores over 5 s (then the load average is the previous run's echo);
+    at most QUIET_MAX s. Returns the load average; row["busy"] = the last 5 s figure."""
     t0 = time.monotonic()
     load = os.getloadavg()[0]
+    busy = None
     if load >= QUIET_LOAD:
-        log(f"{label}: waiting for the 1-min load average ({load:.2f}) to fall below {QUIET_LOAD}")
+        log(f"{label}: waiting for the 1-min load average ({load:.2f}) to fall below {QUIET_LOAD}"
+            + (f" or the machine to use < {QUIET_BUSY} cores over 5 s" if QUIET_BUSY > 0 else ""))
     while load >= QUIET_LOAD and time.monotonic() - t0 < QUIET_MAX:
-        time.sleep(5)
+        if QUIET_BUSY > 0:
+            busy = busy_cores(5)
+            if busy < QUIET_BUSY:
+                break
+        else:
+            time.sleep(5)
         load = os.getloadavg()[0]
     waited = time.monotonic() - t0
-    if load >= QUIET_LOAD:
-        log(f"{label}: load still {load:.2f} after {waited:.0f} s; measuring anyway")
+    if load >= QUIET_LOAD and (busy is None or busy >= QUIET_BUSY):
+        log(f"{label}: load still {load:.2f}" + (f", {busy:.2f} cores busy" if busy is not None else "")
+            + f" after {waited:.0f} s; measuring anyway")
+    if row is not None and busy is not None:
+        row["busy"] = busy
     return load
 
 
@@ -382,14 +519,16 @@ def analyse(path, work):
     # capture gaps: frames missing between consecutive timestamps
     pk = ffprobe_json(path, "-select_streams", "v:0", "-show_entries", "packet=pts_time")
     pts = sorted(float(p["pts_time"]) for p in pk["packets"] if p.get("pts_time") not in (None, "N/A"))
-    missing, gaps = 0, 0
+    missing, gaps, longest = 0, 0, 0.0
     for x, y in zip(pts, pts[1:]):
         d = y - x
-        if d > 1.5 / FPS:
+        longest = max(longest, d)
+        if d > 1.5 / FPS:  # > 50 ms at 30 fps
             gaps += 1
             missing += max(0, round(d * FPS) - 1)
     res["dropped"] = missing
     res["gaps"] = gaps
+    res["max_gap"] = longest * 1000 if len(pts) > 1 else None
     if a:
         ak = ffprobe_json(path, "-select_streams", "a:0", "-show_entries", "packet=pts_time,duration_time")
         apk = [(float(p["pts_time"]), float(p.get("duration_time") or 0)) for p in ak["packets"]
@@ -434,6 +573,11 @@ def analyse(path, work):
             timeout=300,
         )
         beeps = [float(x) for x in re.findall(r"silence_end: (\S+)", r.stderr)]
+        # loudness of the whole track (the grid pages' video sound, the pages' tones and beeps)
+        r = run_quiet(["ffmpeg", "-hide_banner", "-nostats", "-i", str(path), "-vn", "-af", "volumedetect",
+                       "-f", "null", "-"], timeout=300)
+        m = re.search(r"mean_volume: (\S+) dB", r.stderr)
+        res["mean_db"] = float(m.group(1)) if m else None
     # pair every flash with the nearest unused beep within 250 ms
     pairs, used = [], set()
     for f in flashes:
@@ -457,9 +601,17 @@ def analyse(path, work):
 # Our recorder, standalone
 
 
-def run_ours(binary, res_name, url, work):
+def run_ours(binary, res_name, url, work, page="", x_server="auto"):
+    """One recording by this recorder. x_server="xvfb" is the "ours-xvfb" row: the recorder forced
+    onto Xvfb (LIVEKIT_RECORDER_X_SERVER), to show what the frame-rate display saves."""
     preset, w, h, kbps = PRESETS[res_name]
-    out = work / f"ours-{res_name}.mp4"
+    tag = f"{res_name}-{page}" if page else res_name
+    who = "ours" if x_server == "auto" else f"ours-{x_server}"
+    seconds = PAGE_SECONDS if page else SECONDS
+    out = work / f"{who}-{tag}.mp4"
+    run = f"{who}-{tag}"
+    if page:
+        url = with_run(url, run)
     req = {"url": url, "filepath": str(out), "options": {"preset": preset}}
     env = dict(os.environ)
     env.update({
@@ -467,25 +619,33 @@ def run_ours(binary, res_name, url, work):
         "RECORDING_REQUEST": json.dumps(req),
         # session=debug adds "rewrote the file with its index in front" (the file is finished)
         "RUST_LOG": "livekit_recorder=info,livekit_recorder::session=debug",
+        "LIVEKIT_RECORDER_X_SERVER": x_server,
     })
     env.pop("LOG_FORMAT", None)
     env.pop("SERVICE_MODE", None)
-    row = {"name": f"ours {res_name}", "file": out, "errors": []}
-    row["load"] = wait_quiet(row["name"])
-    log(f"{row['name']}: recording {url} for {SECONDS:.0f} s")
+    label = "ours" if x_server == "auto" else f"ours on {x_server.capitalize()}"
+    row = {"name": f"{label} {res_name}" + (f" {page}" if page else ""), "file": out, "errors": [], "page": page,
+           "seconds": seconds}
+    row["load"] = wait_quiet(row["name"], row)
+    log(f"{row['name']}: recording {url} for {seconds:.0f} s" + (f" (after {PAGE_WARMUP:.0f} s warm-up)" if page else ""))
     t_spawn = time.monotonic()
     wall_spawn = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
     p = spawn(row["name"], [str(binary)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    err = LineReader(p.stderr, work / f"ours-{res_name}.log")
+    err = LineReader(p.stderr, work / f"{who}-{tag}.log")
     outr = LineReader(p.stdout)
     try:
         t_rec = err.wait_for(r" recording id=standalone|\"message\":\"recording\"", 90, proc=p)
         if t_rec is None:
             raise RuntimeError(f"the recorder did not start recording (exit {p.poll()}): {err.text()[-500:]}")
         row["start"] = t_rec - t_spawn
-        m = measure_window(lambda: [p.pid], SECONDS,
+        if page:
+            time.sleep(PAGE_WARMUP)
+        s0 = page_sample(run)
+        m = measure_window(lambda: [p.pid], seconds, groups={p.pid: "rec"},
                            abort=lambda: f"the recorder exited early ({p.poll()})" if p.poll() is not None else None)
         row.update(m)
+        if page:
+            row["pagefig"] = page_figures(s0, page_sample(run))
         if m["failed"]:
             raise RuntimeError(m["failed"])
         table = snapshot()
@@ -553,7 +713,7 @@ CHROME_FLAGS = [  # protocol.md 4.5
 class SeedEnv:
     """Xvfb, PulseAudio and Chromium on the demo page, as the original set them up."""
 
-    def __init__(self, label, w, h, url, work):
+    def __init__(self, label, w, h, url, work):  # url: the demo page or a bench page
         self.label, self.w, self.h, self.url = label, w, h, url
         self.dir = Path(tempfile.mkdtemp(prefix="env-", dir=work))
         self.procs = []
@@ -618,7 +778,7 @@ class SeedEnv:
         penv = {**self.pulse_env(), "PULSE_SERVER": f"unix:{self.socket}"}
         while True:
             if ch.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the demo page did not start playing in Chromium")
+                raise RuntimeError(f"the page ({self.url}) did not start playing in Chromium")
             r = run_quiet(["pactl", "list", "short", "sink-inputs"], timeout=10, env=penv)
             if r.returncode == 0 and r.stdout.strip():
                 break
@@ -638,11 +798,17 @@ def seed_video_settings(kbps):
     return f"x264enc bitrate={kbps} speed-preset=veryfast tune=zerolatency"
 
 
-def run_seed(res_name, url, work):
+def run_seed(res_name, url, work, page=""):
     _, w, h, kbps = PRESETS[res_name]
-    out = work / f"seed-{res_name}.mp4"
-    row = {"name": f"seed {res_name}", "file": out, "errors": []}
-    row["load"] = wait_quiet(row["name"])
+    tag = f"{res_name}-{page}" if page else res_name
+    seconds = PAGE_SECONDS if page else SECONDS
+    out = work / f"seed-{tag}.mp4"
+    run = f"seed-{tag}"
+    if page:
+        url = with_run(url, run)
+    row = {"name": f"seed {res_name}" + (f" {page}" if page else ""), "file": out, "errors": [], "page": page,
+           "seconds": seconds}
+    row["load"] = wait_quiet(row["name"], row)
     log(f"{row['name']}: staging Xvfb, PulseAudio, Chromium")
     env = SeedEnv(row["name"], w, h, url, work)
     gst = None
@@ -658,20 +824,25 @@ def run_seed(res_name, url, work):
             f"mp4mux name=mux faststart=true ! filesink location={out} sync=false"
         )
         row["pipeline"] = pipeline
-        log(f"{row['name']}: recording for {SECONDS:.0f} s")
+        log(f"{row['name']}: recording for {seconds:.0f} s" + (f" (after {PAGE_WARMUP:.0f} s warm-up)" if page else ""))
         gst = spawn(f"{row['name']} gst-launch", ["stdbuf", "-oL", "-eL", "gst-launch-1.0", "-e",
                                                   *pipeline.split()],
                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                     env={**os.environ, "PULSE_RUNTIME_PATH": str(env.dir / "pulse"),
                          "HOME": str(env.dir / "pulse")})
-        rd = LineReader(gst.stdout, work / f"seed-{res_name}.log")
+        rd = LineReader(gst.stdout, work / f"seed-{tag}.log")
         t_play = rd.wait_for(r"Setting pipeline to PLAYING", 30, proc=gst)
         if t_play is None:
             raise RuntimeError(f"gst-launch did not play: {rd.text()[-500:]}")
+        if page:
+            time.sleep(PAGE_WARMUP)
         roots = lambda: env.pids() + [gst.pid]
-        m = measure_window(roots, SECONDS, abort=lambda: (
+        s0 = page_sample(run)
+        m = measure_window(roots, seconds, groups={gst.pid: "rec"}, abort=lambda: (
             f"gst-launch exited early ({gst.poll()})" if gst.poll() is not None else None))
         row.update(m)
+        if page:
+            row["pagefig"] = page_figures(s0, page_sample(run))
         if m["failed"]:
             raise RuntimeError(m["failed"] + ": " + rd.text()[-300:])
         t_int = time.monotonic()
@@ -1044,7 +1215,7 @@ def fmt(v, spec, none="—"):
     return none if v is None else format(v, spec)
 
 
-def report(rows, service, qual, settings, binary, failures, t_start, egress=None):
+def report(rows, service, qual, settings, binary, failures, t_start, egress=None, media_info=""):
     cpu_model = "?"
     for line in open("/proc/cpuinfo"):
         if line.startswith("model name"):
@@ -1059,10 +1230,25 @@ def report(rows, service, qual, settings, binary, failures, t_start, egress=None
                "GStreamer, x264, Chromium, Xvfb, PulseAudio are the system's release builds) "
                f"on the busy demo page (demo/index.html), measured window {SECONDS:.0f} s per recording, "
                "rows interleaved ours/seed")
+    pages = [pg for pg in PAGES if pg and any(r.get("page") == pg for r in rows)]
+    if pages:
+        out.append(f"- production-like pages (rows `<who> <size> <page>`), measured window {PAGE_SECONDS:.0f} s per "
+                   f"recording (BENCH_PAGE_SECONDS), starting {PAGE_WARMUP:.0f} s after ours logs 'recording' / "
+                   f"the seed's gst-launch is PLAYING (BENCH_PAGE_WARMUP; the file holds the warm-up too); every "
+                   f"page carries demo-like A/V marks (scripts/bench/pages/av.js: a full-page white flash and a "
+                   f"1 kHz beep once a second):")
+        for pg in pages:
+            out.append(f"  - {pg}: {PAGES[pg][1]}")
+        if media_info:
+            out.append(f"  - grid media (out/bench-media/, generated by ffmpeg: {MEDIA_SECONDS} s 720p{FPS}, "
+                       f"gradients + a wandering testsrc2 + noise, a quiet 200-470 Hz sine per tile; even tiles "
+                       f"VP8+Opus WebM, odd H.264+AAC MP4; played muted=false with autoplay, both recorders pass "
+                       f"--autoplay-policy=no-user-gesture-required): {media_info}")
     for res_name in PRESETS:
         _, w, h, kbps = PRESETS[res_name]
         if res_name in settings:
-            out.append(f"- ours {res_name}: ximagesrc → queue → videoconvert n-threads=2 → {settings[res_name][1]} → "
+            out.append(f"- ours {res_name}: Xorg with the dummy driver, a {w}x{h} mode at {FPS} Hz (Xvfb in the "
+                       f"'ours on Xvfb' rows); ximagesrc → queue → videoconvert n-threads=2 → {settings[res_name][1]} → "
                        f"`{settings[res_name][0]}` profile=main → h264parse → mp4mux fragmented (1 s) then faststart "
                        f"rewrite; pulsesrc → audioresample → audioconvert → avenc_aac 128 kbps (settings read from "
                        f"src/pipeline/mod.rs at run time)")
@@ -1079,20 +1265,39 @@ def report(rows, service, qual, settings, binary, failures, t_start, egress=None
                    f"claim is taken 500 ms after the first), web egresses of a static local page to local MP4 "
                    f"files (H264_720P_30 preset), one at a time, all on loopback")
     out.append("")
-    hdr = ["row", "CPU (cores)", "memory PSS (MB)", "fps delivered", "frames got/expected", "dropped (ts gaps)",
-           "duplicates (identical)", "A/V offset (ms)", "A/V drift (ms)", "video kbps", "SSIM @ same bitrate",
-           "start (s)", "stop (s)", "note"]
+    group_cols = [g for g, _ in CPU_GROUPS if g != "other"]
+    hdr = ["row", "CPU (cores)", *[f"CPU {title}" for g, title in CPU_GROUPS if g in group_cols],
+           "memory PSS (MB)", "fps delivered", "frames got/expected", "dropped (ts gaps)", "gaps > 50 ms",
+           "longest gap (ms)", "duplicates (identical)", "page rAF fps", "tile videos: playing, decoded fps min/mean, dropped", "A/V offset (ms)", "A/V drift (ms)", "video kbps",
+           "SSIM @ same bitrate", "start (s)", "stop (s)", "note"]
     out.append("| " + " | ".join(hdr) + " |")
     out.append("|" + "|".join("---" for _ in hdr) + "|")
     for row in rows:
         a = row.get("analysis") or {}
-        who, res_name = row["name"].split()
-        q = (qual.get(res_name) or {}).get(who)
+        who, res_name = row["name"].split()[:2]
+        q = None if row.get("page") else (qual.get(res_name) or {}).get(who)
+        grp = row.get("groups") or {}
         notes = []
         if row.get("errors"):
             notes.append("FAILED: " + "; ".join(row["errors"]))
         if "load" in row:
-            notes.append(f"load before {row['load']:.2f}")
+            notes.append(f"load before {row['load']:.2f}"
+                         + (f" (machine {row['busy']:.2f} cores busy over the 5 s before)" if "busy" in row else ""))
+        if row.get("page"):
+            notes.append(f"window {row.get('seconds', PAGE_SECONDS):.0f} s after {PAGE_WARMUP:.0f} s warm-up")
+        if grp.get("other", 0) > 0.005:
+            notes.append(f"other processes in the tree {grp['other']:.2f} cores")
+        if row.get("group_procs"):
+            notes.append("processes: " + ", ".join(f"{g} {n}" for g, n in sorted(row["group_procs"].items())))
+        pf = row.get("pagefig") or {}
+        if row.get("page") and not pf:
+            notes.append("no figures from the page (it did not post to /bench-stats)")
+        if pf:
+            notes.append(f"page figures over {pf['span']:.1f} s of its own clock, audio {pf.get('audio')}")
+            if pf.get("muted"):
+                notes.append(f"{pf['muted']} videos muted (autoplay with sound refused)")
+            if pf.get("tile_errors"):
+                notes.append("video errors: " + "; ".join(pf["tile_errors"]))
         if row.get("other_cpu") is not None and row["other_cpu"] > 0.05:
             notes.append(f"other processes used {row['other_cpu']:.2f} cores during the window")
         if row.get("procs"):
@@ -1105,6 +1310,8 @@ def report(rows, service, qual, settings, binary, failures, t_start, egress=None
             notes.append(f"A/V from {a['pairs']} flash/beep pairs ({a['flashes']} flashes, {a['beeps']} beeps), "
                          f"spread {fmt(a.get('offset_spread'), '.0f')} ms")
             notes.append(f"file {a['kbps']:.0f} kbps total")
+            if a.get("mean_db") is not None:
+                notes.append(f"audio mean volume {a['mean_db']:.1f} dB")
         if q:
             notes.append(f"SSIM: offline re-encode of a {q['ref_frames']}-frame lossless clip with this row's settings "
                          f"({q['kbps']:.0f} kbps achieved, Y {q['ssim_y']:.4f})")
@@ -1113,14 +1320,18 @@ def report(rows, service, qual, settings, binary, failures, t_start, egress=None
             notes.append("stop = SIGINT → gst-launch exit (EOS, faststart moov)")
         else:
             notes.append("start = process start → 'recording' log line (pipeline playing); "
-                         "stop = SIGTERM → process exit (Chromium, Xvfb, Pulse stopped; file finished)")
+                         "stop = SIGTERM → process exit (Chromium, X server, Pulse stopped; file finished)")
             if row.get("page_at") is not None:
                 notes.append(f"log: 'opening page' {row['page_at']:.2f} s after process start")
             if row.get("stop_file") is not None:
                 notes.append(f"log: signal → {row['stop_file_what']} {row['stop_file']:.2f} s")
         frames = f"{a['frames']}/{a['expected']}" if a else "—"
-        cells = [row["name"], fmt(row.get("cpu"), ".2f"), fmt((row.get("pss") or 0) / 1e6 if row.get("pss") else None, ".0f"),
-                 fmt(a.get("fps"), ".2f"), frames, fmt(a.get("dropped"), "d"), fmt(a.get("dups"), "d"),
+        cells = [row["name"], fmt(row.get("cpu"), ".2f"), *[fmt(grp.get(g) if grp else None, ".2f") for g in group_cols],
+                 fmt((row.get("pss") or 0) / 1e6 if row.get("pss") else None, ".0f"),
+                 fmt(a.get("fps"), ".2f"), frames, fmt(a.get("dropped"), "d"), fmt(a.get("gaps"), "d"),
+                 fmt(a.get("max_gap"), ".0f"), fmt(a.get("dups"), "d"), fmt(pf.get("raf_fps"), ".1f"),
+                 (f"{pf['playing']}/{pf['tiles']}, {pf['tile_fps_min']:.1f}/{pf['tile_fps_mean']:.1f}, "
+                  f"{pf['tile_dropped']}" if pf.get("tiles") else "—"),
                  fmt(a.get("offset"), "+.0f"), fmt(a.get("drift"), "+.0f"), fmt(a.get("vkbps"), ".0f"),
                  fmt(q["ssim"] if q else None, ".4f"), fmt(row.get("start"), ".2f"), fmt(row.get("stop"), ".2f"),
                  "; ".join(notes)]
@@ -1147,12 +1358,23 @@ def report(rows, service, qual, settings, binary, failures, t_start, egress=None
         if s.get("stop") is not None:
             notes.append(f"SIGTERM → exit {s['stop']:.2f} s")
         ack = (f"ack p50 {pct(lat, .5):.2f} / p99 {pct(lat, .99):.2f} / max {max(lat):.2f} ms" if lat else "—")
-        cells = ["ours service (idle 10 s; reservations)", fmt(s.get("cpu"), ".3f"),
-                 fmt(s["pss"] / 1e6 if s.get("pss") else None, ".1f"), "—", "—", "—", "—", "—", "—", "—", "—",
+        cells = ["ours service (idle 10 s; reservations)", fmt(s.get("cpu"), ".3f"), *["—"] * len(group_cols),
+                 fmt(s["pss"] / 1e6 if s.get("pss") else None, ".1f"), *["—"] * (len(hdr) - 6 - len(group_cols)),
                  ack, fmt(s.get("stop"), ".2f"), "; ".join(notes)]
         out.append("| " + " | ".join(cells) + " |")
     if egress:
-        out.extend(egress_rows(egress))
+        out.extend(egress_rows(egress, len(hdr) - 4))
+    out.append("")
+    for res_name in PRESETS:
+        ours = [r for r in rows if r["name"].split()[:2] == ["ours", res_name] and r.get("cpu") is not None]
+        if not ours:
+            continue
+        top = max(ours, key=lambda r: r["cpu"])
+        each = ", ".join(f"{r.get('page') or 'demo'} {r['cpu']:.2f}" for r in ours)
+        n = int(os.cpu_count() / top["cpu"]) if top["cpu"] > 0 else 0
+        out.append(f"- capacity {res_name}: {top['cpu']:.2f} cores per recording (max CPU among the ours {res_name} "
+                   f"rows of this run, {top['name']}; {each}); this {os.cpu_count()}-core machine fits {n} "
+                   f"such recording(s) with no headroom")
     out.append("")
     out.append("Columns: CPU = utime+stime (+ reaped children) of every process the recording runs (recorder or "
                "gst-launch, Xvfb, PulseAudio, parec, Chromium and its helpers, found by parent links although they "
@@ -1166,15 +1388,29 @@ def report(rows, service, qual, settings, binary, failures, t_start, egress=None
                "beep onset = end of silence after two 1 kHz band-passes (-30 dB); the video side is quantised to "
                "33 ms frames and includes Chromium's render latency, so a few tens of ms either way is the "
                "measurement's resolution; drift = mean offset of the last 5 s minus that of the first 5 s. video kbps "
-               "= the video stream's bitrate in the file.")
+               "= the video stream's bitrate in the file. CPU by group: the same ticks split by process: Chromium "
+               "processes by the --type= of their command line (renderer; gpu-process; none = the browser process; "
+               "utility, zygote and the rest = other Chromium), X server = Xvfb or Xorg, PulseAudio = pulseaudio and "
+               "parec (ours' audio clock anchor), recorder / gst-launch = our recorder process (capture, encoder, "
+               "muxer threads) or the seed's gst-launch-1.0; processes of no group (if any) are in the notes; a "
+               "process that ended in the window counts in its parent's group. gaps > 50 ms = consecutive video "
+               "timestamps more than 1.5 frames apart; longest gap = the largest step between consecutive video "
+               "timestamps (33 ms = none). page rAF fps = requestAnimationFrame callbacks per second the page "
+               "itself counted over the window (the heavy page redraws its canvas in each: its real frame rate, "
+               "whatever the capture delivers); tile videos = from the grid page's own <video>s "
+               "(getVideoPlaybackQuality): playing/total, decoded frames per second of the slowest and the mean "
+               "video (30 = full rate), frames Chromium dropped, over the window. On the grid pages the tiles' videos advance at 30 fps, so a duplicate "
+               "there means no tile advanced between two captured frames. capacity = cores per recording, the "
+               "largest CPU figure among the ours rows of that size (nproc / it = recordings per machine with no "
+               "headroom).")
     if failures:
         out.append("")
         out.append("FAILED: " + "; ".join(failures))
     return "\n".join(out) + "\n"
 
 
-def egress_rows(e):
-    dash = ["—"] * 10  # CPU .. SSIM
+def egress_rows(e, ndash=10):
+    dash = ["—"] * ndash  # CPU .. SSIM
 
     def figs(xs, unit, label):
         if not xs:
@@ -1220,19 +1456,230 @@ def egress_rows(e):
 # --------------------------------------------------------------------------------------------
 
 
+PAGE_STATS = {}  # run name -> the last figures its page posted
+PAGE_STATS_LOCK = threading.Lock()
+
+
+def page_sample(run):
+    with PAGE_STATS_LOCK:
+        return PAGE_STATS.get(run)
+
+
+def page_figures(s0, s1):
+    """What the page itself saw between two of its samples: animation frames per second, and for
+    pages with <video>s: how many play, decoded frames per second per video, frames Chromium
+    dropped, videos muted (autoplay with sound refused), errors."""
+    if not s0 or not s1 or s1.get("t", 0) <= s0.get("t", 0):
+        return None
+    dt = s1["t"] - s0["t"]
+    res = {"raf_fps": (s1["rafs"] - s0["rafs"]) / dt, "audio": s1.get("audio"), "span": dt}
+    v0, v1 = s0.get("videos") or [], s1.get("videos") or []
+    if v1 and len(v0) == len(v1):
+        fps = [(b["frames"] - a["frames"]) / dt for a, b in zip(v0, v1)]
+        res.update(tiles=len(v1), playing=sum(1 for v in v1 if v["playing"]),
+                   muted=sum(1 for v in v1 if v["muted"]), tile_fps_min=min(fps),
+                   tile_fps_mean=statistics.mean(fps),
+                   tile_dropped=sum(b["dropped"] - a["dropped"] for a, b in zip(v0, v1)),
+                   tile_errors=[v["error"] for v in v1 if v.get("error")])
+    return res
+
+
+def with_run(url, run):
+    return url + ("&" if "?" in url else "?") + "run=" + urllib.parse.quote(run)
+
+
 class QuietHandler(SimpleHTTPRequestHandler):
+    """Static files, no request log; single byte ranges (Chromium's media player seeks and loops
+    with Range requests)."""
+
+    _left = None
+
     def log_message(self, *a):
         pass
+
+    def end_headers(self):
+        self.send_header("Accept-Ranges", "bytes")
+        super().end_headers()
+
+    def send_head(self):
+        self._left = None
+        rng = self.headers.get("Range")
+        path = self.translate_path(self.path)
+        m = re.fullmatch(r"\s*bytes=(\d*)-(\d*)\s*", rng or "")
+        if not m or os.path.isdir(path) or not (m.group(1) or m.group(2)):
+            return super().send_head()
+        try:
+            f = open(path, "rb")
+        except OSError:
+            return super().send_head()
+        size = os.fstat(f.fileno()).st_size
+        if m.group(1):
+            start = int(m.group(1))
+            end = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
+        else:
+            start, end = max(0, size - int(m.group(2))), size - 1
+        if start >= size or end < start:
+            f.close()
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{size}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
+        self.send_response(206)
+        self.send_header("Content-Type", self.guess_type(path))
+        self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.send_header("Content-Length", str(end - start + 1))
+        self.end_headers()
+        f.seek(start)
+        self._left = end - start + 1
+        return f
+
+    def do_POST(self):
+        """/bench-stats?run=NAME: the bench pages' own figures (scripts/bench/pages/av.js)."""
+        u = urllib.parse.urlsplit(self.path)
+        run = urllib.parse.parse_qs(u.query).get("run", [""])[0]
+        n = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(min(n, 1 << 20))
+        if u.path != "/bench-stats" or not run:
+            self.send_error(404)
+            return
+        try:
+            data = json.loads(body)
+        except ValueError:
+            self.send_error(400)
+            return
+        with PAGE_STATS_LOCK:
+            PAGE_STATS[run] = data
+        self.send_response(204)
+        self.end_headers()
+
+    def copyfile(self, source, outputfile):
+        if self._left is None:
+            return super().copyfile(source, outputfile)
+        while self._left > 0:
+            buf = source.read(min(1 << 16, self._left))
+            if not buf:
+                break
+            outputfile.write(buf)
+            self._left -= len(buf)
+
+
+class QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+
+
+# --------------------------------------------------------------------------------------------
+# Bench pages and their media
+
+
+def media_jobs(n):
+    """(file name, ffmpeg arguments) of the grid pages' videos: 720p30, MEDIA_SECONDS long, moving
+    smooth gradients with a test pattern wandering across and sensor-like noise, a quiet sine tone
+    per tile (200-500 Hz: far from the 1 kHz the A/V analysis listens to); even tiles VP8+Opus in
+    WebM, odd tiles H.264+AAC in MP4, ~MEDIA_KBPS kbit/s video (webcam-like)."""
+    jobs = []
+    d = MEDIA_SECONDS
+    for i in range(n):
+        freq = [220, 247, 262, 294, 330, 349, 392, 415, 466][i % 9]
+        graph = (f"[1:v]hue=h={i * 40}[fg];[0:v][fg]overlay=x='(W-w)/2+300*sin(t*{0.6 + 0.13 * i:.2f})':"
+                 f"y='(H-h)/2+120*sin(t*{0.9 + 0.11 * i:.2f})':shortest=1,noise=alls=8:allf=t,format=yuv420p[v];"
+                 f"[2:a]volume=0.05,aformat=channel_layouts=stereo[a]")
+        rate = [f"-b:v", f"{MEDIA_KBPS}k", "-maxrate", f"{MEDIA_KBPS * 5 // 4}k", "-bufsize", f"{MEDIA_KBPS * 2}k",
+                "-g", str(3 * FPS), "-threads", "2"]
+        if i % 2 == 0:
+            ext, codec = "webm", ["-c:v", "libvpx", *rate, "-deadline", "realtime", "-cpu-used", "8",
+                                  "-c:a", "libopus", "-b:a", "48k", "-ar", "48000"]
+        else:
+            ext, codec = "mp4", ["-c:v", "libx264", "-preset", "veryfast", "-profile:v", "main", *rate,
+                                 "-c:a", "aac", "-b:a", "96k", "-ar", "48000", "-movflags", "+faststart"]
+        args = ["-f", "lavfi", "-i", f"gradients=s=1280x720:r={FPS}:d={d}:speed=0.03:seed={i + 1}",
+                "-f", "lavfi", "-i", f"testsrc2=s=480x360:r={FPS}:d={d}",
+                "-f", "lavfi", "-i", f"sine=f={freq}:sample_rate=48000:d={d}",
+                "-filter_complex", graph, "-map", "[v]", "-map", "[a]", *codec, "-t", str(d)]
+        jobs.append((f"tile{i}.{ext}", args))
+    return jobs
+
+
+def ensure_media(n):
+    """The grid pages' videos, generated once into out/bench-media/ (file names carry a hash of
+    the ffmpeg arguments, so a change of them regenerates). Returns {tile file name: path}."""
+    MEDIA_DIR.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for name, args in media_jobs(n):
+        stem, ext = name.rsplit(".", 1)
+        h = hashlib.sha1(json.dumps(args).encode()).hexdigest()[:10]
+        path = MEDIA_DIR / f"{stem}-{h}.{ext}"
+        if not path.exists():
+            log(f"media: generating {path.relative_to(REPO)} ({MEDIA_SECONDS} s of 720p{FPS})")
+            tmp = path.with_name(f".{path.name}.part.{ext}")
+            t = time.monotonic()
+            r = run_quiet(["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-y", *args, str(tmp)],
+                          timeout=900)
+            if r.returncode != 0:
+                tmp.unlink(missing_ok=True)
+                raise RuntimeError(f"ffmpeg could not generate {name}: {r.stderr.strip()[-300:]}")
+            tmp.rename(path)
+            log(f"media: {name} done in {time.monotonic() - t:.0f} s")
+        out[name] = path
+    return out
+
+
+def media_summary(paths):
+    """One line on the generated media (codecs, bitrates) for the report."""
+    parts = []
+    for name, path in sorted(paths.items(), key=lambda kv: int(re.sub(r"\D", "", kv[0]))):
+        try:
+            info = ffprobe_json(path, "-show_entries", "stream=codec_name:format=bit_rate,duration")
+            codecs = "+".join(st["codec_name"] for st in info["streams"])
+            parts.append(f"{name} {codecs} {int(info['format']['bit_rate']) / 1000:.0f} kbps")
+        except Exception as e:  # reported, not fatal
+            parts.append(f"{name} ? ({e})")
+    return "; ".join(parts)
+
+
+def make_site(work, media):
+    """The served root: demo/ (index.html = the demo page), scripts/bench/pages/ and media/."""
+    site = work / "site"
+    site.mkdir()
+    for src in (REPO / "demo", PAGES_DIR):
+        for f in sorted(src.iterdir()):
+            if not (site / f.name).exists():
+                (site / f.name).symlink_to(f)
+    (site / "media").mkdir()
+    for name, path in media.items():
+        (site / "media" / name).symlink_to(path)
+    return site
 
 
 def main():
     binary = Path(sys.argv[1]).resolve()
     t_start = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="lkrec-bench-"))
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(QuietHandler, directory=str(REPO / "demo")))
+    # the grid pages' videos: generated (or found cached) before anything is measured
+    order = []
+    for res_name in PRESETS:
+        for page in PAGES:
+            order += [(who, res_name, page) for who in ("ours", "xvfb", "seed")
+                      if wanted(row_key(who, res_name, page)) and (who != "xvfb" or ONLY or page in ("", "heavy"))]
+    tiles = max([grid_tiles(page) for _, _, page in order] or [0])
+    media, media_info, media_failed = {}, "", None
+    if tiles:
+        try:
+            media = ensure_media(tiles)
+            media_info = media_summary(media)
+        except Exception as e:
+            log(f"media failed: {e}")
+            media_failed = str(e)
+    site = make_site(work, media)
+    httpd = QuietServer(("127.0.0.1", 0), partial(QuietHandler, directory=str(site)))
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{httpd.server_address[1]}/"
-    log(f"serving demo/ at {url}; work dir {work}; window {SECONDS:.0f} s")
+    log(f"serving demo/, scripts/bench/pages/ and media at {url}; work dir {work}; window {SECONDS:.0f} s, "
+        f"page rows {PAGE_SECONDS:.0f} s")
     # a private copy: a cargo build in the same checkout must not swap the binary mid-run
     shown = binary
     built = datetime.datetime.fromtimestamp(binary.stat().st_mtime).astimezone().isoformat(timespec="seconds")
@@ -1256,20 +1703,22 @@ def main():
             failures.append(f"{label}: {e}")
             return None
 
+    if media_failed:
+        failures.append(f"media: {media_failed}")
     try:
-        order = []
-        for res_name in PRESETS:
-            order += [("ours", res_name), ("seed", res_name)]
-        for who, res_name in order:
-            key = f"{who}{res_name[:-3]}"
-            if not wanted(key):
-                continue
-            if who == "ours":
-                row = guarded(f"ours {res_name}", lambda: run_ours(binary, res_name, url, work))
+        for who, res_name, page in order:
+            name = ("ours on Xvfb" if who == "xvfb" else who) + f" {res_name}" + (f" {page}" if page else "")
+            page_url = url + PAGES[page][0]
+            if grid_tiles(page) and media_failed:
+                row = {"name": name, "page": page, "errors": ["no media (see FAILED below)"]}
+            elif who == "ours":
+                row = guarded(name, lambda: run_ours(binary, res_name, page_url, work, page))
+            elif who == "xvfb":
+                row = guarded(name, lambda: run_ours(binary, res_name, page_url, work, page, x_server="xvfb"))
             else:
-                row = guarded(f"seed {res_name}", lambda: run_seed(res_name, url, work))
+                row = guarded(name, lambda: run_seed(res_name, page_url, work, page))
             if row is None:
-                row = {"name": f"{who} {res_name}", "errors": ["run failed (see FAILED below)"]}
+                row = {"name": name, "page": page, "errors": ["run failed (see FAILED below)"]}
             elif row.get("errors"):
                 failures.append(f"{row['name']}: " + "; ".join(row["errors"]))
             if row.get("file") and Path(row["file"]).exists():
@@ -1301,7 +1750,7 @@ def main():
         if left:
             failures.append("processes left behind: " + ", ".join(left))
 
-    md = report(rows, service, qual, settings, f"{shown}` built {built}", failures, t_start, egress)
+    md = report(rows, service, qual, settings, f"{shown}` built {built}", failures, t_start, egress, media_info)
     print(md, end="")
     (REPO / "out").mkdir(exist_ok=True)
     (REPO / "out" / "bench.md").write_text(md)
