@@ -30,6 +30,12 @@ use crate::process::{Child, ProcessError};
 
 /// How long Chromium has to print its DevTools address.
 const LAUNCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// How far below the recorder Chromium runs: when the machine is short of CPU, capture and
+/// encoding go first and the page renders fewer frames, rather than the page taking the CPU and
+/// the recording losing frames (gaps in the file). `LIVEKIT_RECORDER_CHROMIUM_NICE` (0-19)
+/// overrides it.
+const CHROMIUM_NICE: i32 = 10;
+const CHROMIUM_NICE_ENV: &str = "LIVEKIT_RECORDER_CHROMIUM_NICE";
 /// How long a page has to load.
 const NAVIGATE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Console messages waiting for the session: only START/END markers are queued, each once.
@@ -145,7 +151,7 @@ impl Browser {
             .env("XDG_CACHE_HOME", profile.path().join("cache"))
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        let spawned = Child::spawn("Chromium", cmd)?;
+        let spawned = Child::spawn_niced("Chromium", cmd, chromium_nice())?;
         let child = spawned.child;
         let mut stderr = BufReader::new(spawned.stderr.expect("stderr was piped")).lines();
 
@@ -668,6 +674,20 @@ async fn guard_requests(
         }
     }));
     Ok(())
+}
+
+/// Chromium's niceness: [`CHROMIUM_NICE`], or the environment's value when it is 0-19.
+fn chromium_nice() -> i32 {
+    match std::env::var(CHROMIUM_NICE_ENV) {
+        Ok(v) => match v.trim().parse::<i32>() {
+            Ok(n) if (0..=19).contains(&n) => n,
+            _ => {
+                tracing::warn!(value = %v, "{CHROMIUM_NICE_ENV} is not 0-19; using {CHROMIUM_NICE}");
+                CHROMIUM_NICE
+            }
+        },
+        Err(_) => CHROMIUM_NICE,
+    }
 }
 
 #[cfg(test)]

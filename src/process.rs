@@ -106,13 +106,26 @@ pub struct Spawned {
     pub stderr: Option<tokio::process::ChildStderr>,
 }
 
+/// `CAP_SYS_NICE` (linux/capability.h): raising a process's CPU priority.
+const CAP_SYS_NICE: libc::c_ulong = 23;
+
 impl Child {
     /// Starts `cmd` in a new process group, with a cleared environment ([`clean_env`]). Standard
     /// input is closed; standard output and error are as the caller set them (inherited when
     /// not set).
     pub fn spawn(
         name: &'static str,
+        cmd: tokio::process::Command,
+    ) -> Result<Spawned, ProcessError> {
+        Self::spawn_niced(name, cmd, 0)
+    }
+
+    /// [`Child::spawn`], the process (and whatever it starts) `nice` steps below the recorder's
+    /// CPU priority (0 = the same).
+    pub fn spawn_niced(
+        name: &'static str,
         mut cmd: tokio::process::Command,
+        nice: i32,
     ) -> Result<Spawned, ProcessError> {
         clean_env(&mut cmd);
         cmd.process_group(0).kill_on_drop(true).stdin(Stdio::null());
@@ -127,6 +140,15 @@ impl Child {
                 // The parent may have died before prctl took effect.
                 if libc::getppid() as u32 != parent {
                     libc::_exit(1);
+                }
+                // Lowering one's own priority needs no privilege; should it fail, the child
+                // runs at the recorder's priority, which is only less fair. Run as root, the
+                // child could raise it again (Chromium gives its own threads -8): without
+                // CAP_SYS_NICE (dropped from the bounding set, so the exec'd program lacks it)
+                // it cannot, as it cannot as any other user.
+                if nice != 0 {
+                    let _ = libc::nice(nice);
+                    let _ = libc::prctl(libc::PR_CAPBSET_DROP, CAP_SYS_NICE, 0, 0, 0);
                 }
                 Ok(())
             });
@@ -400,6 +422,25 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(gone, "group survived the drop of its handle");
+    }
+
+    #[tokio::test]
+    async fn a_niced_child_runs_below_the_recorder_and_cannot_climb_back() {
+        // SAFETY: getpriority has no preconditions; -1 can be a valid value, which this
+        // test process (nice 0-9 under any runner) never has.
+        let own = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+        // `nice` prints the niceness; renice to the recorder's own level must fail, as root too.
+        let mut cmd = sh(&format!(
+            "nice; renice -n {own} -p $$ >/dev/null 2>&1 && echo raised || echo kept; nice"
+        ));
+        cmd.stdout(Stdio::piped());
+        let mut s = Child::spawn_niced("niced", cmd, 7).unwrap();
+        let mut out = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut s.stdout.take().unwrap(), &mut out)
+            .await
+            .unwrap();
+        let want = (own + 7).min(19);
+        assert_eq!(out, format!("{want}\nkept\n{want}\n"), "own niceness {own}");
     }
 
     #[tokio::test]

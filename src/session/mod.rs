@@ -150,7 +150,7 @@ pub enum SessionError {
         every: std::time::Duration,
     },
     /// The watchdog: the screen capture delivered nothing.
-    #[error("no video from the display for {0:?}: the X server (Xvfb) is frozen")]
+    #[error("no video from the display for {0:?}: the X server is frozen")]
     NoVideo(std::time::Duration),
     /// The watchdog: the browser's control connection is gone.
     #[error("the DevTools connection to Chromium closed")]
