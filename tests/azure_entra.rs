@@ -89,6 +89,29 @@ fn jwt(audience: &str, now: u64) -> String {
     format!("{header}.{claims}.{}", b64("signature"))
 }
 
+/// Azurite's account at the https server, with no key and no SAS: Entra ID.
+fn keyless(server: &storage::Server) -> AzureConfig {
+    AzureConfig {
+        account_name: storage::AZURITE_ACCOUNT.into(),
+        container_name: "videos".into(),
+        endpoint: format!(
+            "https://127.0.0.1:{}/{}",
+            server.port,
+            storage::AZURITE_ACCOUNT
+        ),
+        ..Default::default()
+    }
+}
+
+fn uploader(cfg: &AzureConfig) -> Uploader {
+    Uploader::from_config(&FileOutputConfig {
+        azblob: Some(cfg.clone()),
+        ..Default::default()
+    })
+    .expect("a valid config")
+    .expect("an Azure uploader")
+}
+
 #[test]
 fn azure_uploads_with_the_managed_identity() {
     let server = storage::azurite_https_oauth().expect("azurite over https");
@@ -111,16 +134,7 @@ fn azure_uploads_with_the_managed_identity() {
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let cfg = AzureConfig {
-            account_name: storage::AZURITE_ACCOUNT.into(),
-            container_name: "videos".into(),
-            endpoint: format!(
-                "https://127.0.0.1:{}/{}",
-                server.port,
-                storage::AZURITE_ACCOUNT
-            ),
-            ..Default::default()
-        };
+        let cfg = keyless(&server);
         let blob = AzureBlob::new(&cfg).expect("an Entra ID client");
         assert_eq!(blob.auth_kind(), "Entra ID");
         blob.create_container().await.expect("create container");
@@ -128,13 +142,10 @@ fn azure_uploads_with_the_managed_identity() {
         let dir = tempfile::tempdir().unwrap();
         let large = dir.path().join("large.mp4");
         let sha = storage::write_file(&large, 10_000_000, 11).unwrap();
-        let uploader = Uploader::from_config(&FileOutputConfig {
-            azblob: Some(cfg.clone()),
-            ..Default::default()
-        })
-        .unwrap()
-        .unwrap();
-        let url = uploader.upload(&large, "rooms/entra.mp4").await.unwrap();
+        let url = uploader(&cfg)
+            .upload(&large, "rooms/entra.mp4")
+            .await
+            .unwrap();
         assert_eq!(
             url,
             format!(
@@ -167,30 +178,16 @@ fn azure_uploads_with_the_managed_identity() {
         format!("http://127.0.0.1:{other_port}/msi/token"),
     );
     runtime.block_on(async {
-        let cfg = AzureConfig {
-            account_name: storage::AZURITE_ACCOUNT.into(),
-            container_name: "videos".into(),
-            endpoint: format!(
-                "https://127.0.0.1:{}/{}",
-                server.port,
-                storage::AZURITE_ACCOUNT
-            ),
-            ..Default::default()
-        };
+        let cfg = keyless(&server);
         let dir = tempfile::tempdir().unwrap();
         let small = dir.path().join("small.mp4");
         storage::write_file(&small, 1000, 12).unwrap();
         let started = std::time::Instant::now();
-        let e = Uploader::from_config(&FileOutputConfig {
-            azblob: Some(cfg),
-            ..Default::default()
-        })
-        .unwrap()
-        .unwrap()
-        .upload(&small, "rooms/refused.mp4")
-        .await
-        .unwrap_err()
-        .to_string();
+        let e = uploader(&cfg)
+            .upload(&small, "rooms/refused.mp4")
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("HTTP 401") || e.contains("HTTP 403"), "{e}");
         assert!(e.contains("rooms/refused.mp4"), "{e}");
         assert!(started.elapsed() < Duration::from_secs(20), "{e}");

@@ -460,6 +460,26 @@ fn reports(web: &WebServer, kind: &str) -> Vec<std::collections::HashMap<String,
         .collect()
 }
 
+/// The reports of `kind`, once there is one: a page's report is a fetch that can arrive after
+/// what the page logged beside it has been acted on.
+async fn wait_reports(
+    web: &WebServer,
+    kind: &str,
+    timeout: Duration,
+) -> Result<Vec<std::collections::HashMap<String, String>>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let found = reports(web, kind);
+        if !found.is_empty() {
+            return Ok(found);
+        }
+        if Instant::now() > deadline {
+            bail!("the page sent no {kind} report within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn preset() -> Option<web_egress_request::Options> {
     Some(web_egress_request::Options::Preset(
         EncodingOptionsPreset::H264720p30 as i32,
@@ -913,7 +933,7 @@ async fn room_composite_opens_the_template_with_layout_token_and_url() -> Result
         .find(|u| u.status() == EgressStatus::EgressActive)
         .map(|u| unix_ms(u.at))
         .unwrap();
-    let started = reports(&web, "start");
+    let started = wait_reports(&web, "start", Duration::from_secs(10)).await?;
     let start_t: i64 = started
         .first()
         .context("the page reported START")?
@@ -951,7 +971,7 @@ async fn room_composite_opens_the_template_with_layout_token_and_url() -> Result
     check_mp4(&path, f, 6.5)?;
 
     // What the page was given: layout, token, url (keys sorted as Go encodes them).
-    let params = reports(&web, "params");
+    let params = wait_reports(&web, "params", Duration::from_secs(10)).await?;
     let q = params.first().context("the page reported its query")?;
     assert_eq!(q["keys"], "layout,token,url");
     assert_eq!(q["layout"], "speaker-dark");
@@ -1098,13 +1118,7 @@ async fn stop_before_the_page_starts_aborts() -> Result<()> {
     };
     lk.start_egress(req).await?;
     // The page loads (and reports) but never starts.
-    let deadline = Instant::now() + ACTIVE_TIMEOUT;
-    while reports(&web, "params").is_empty() {
-        if Instant::now() > deadline {
-            bail!("the page never loaded");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_reports(&web, "params", ACTIVE_TIMEOUT).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     lk.stop_egress(&id).await?;
     let done = lk.wait_final(&id, END_TIMEOUT).await?;

@@ -391,3 +391,70 @@ async fn unreadable_files_are_reported_as_such() {
     assert!(matches!(e, UploadError::File { .. }), "{e:?}");
     assert!(e.to_string().contains("/nonexistent/x.mp4"), "{e}");
 }
+
+/// A blob store that takes every upload and then reports the blob shorter than what was sent: a
+/// fault no emulator shows (a stand-in, the one mock of this file). Answers each request on its
+/// own connection.
+fn short_blob_store() -> u16 {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            if reader.read_line(&mut request_line).is_err() {
+                continue;
+            }
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some((name, value)) = line.split_once(':') {
+                    if name.eq_ignore_ascii_case("content-length") {
+                        length = value.trim().parse().unwrap_or(0);
+                    }
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let common = "x-ms-request-id: 1\r\nx-ms-version: 2026-04-06\r\nETag: \"0x1\"\r\n\
+                          Last-Modified: Wed, 25 Nov 2026 20:00:00 GMT\r\nConnection: close\r\n";
+            let answer = if request_line.starts_with("HEAD ") {
+                format!("HTTP/1.1 200 OK\r\n{common}x-ms-blob-type: BlockBlob\r\nContent-Type: video/mp4\r\nContent-Length: 7\r\n\r\n")
+            } else {
+                format!("HTTP/1.1 201 Created\r\n{common}Content-Length: 0\r\n\r\n")
+            };
+            let _ = stream.write_all(answer.as_bytes());
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn a_stored_blob_shorter_than_the_file_is_an_error() {
+    let port = short_blob_store();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.mp4");
+    storage::write_file(&path, 1000, 13).unwrap();
+    let cfg = AzureConfig {
+        account_name: storage::AZURITE_ACCOUNT.into(),
+        account_key: storage::AZURITE_KEY.into(),
+        container_name: "videos".into(),
+        endpoint: format!("http://127.0.0.1:{port}/{}", storage::AZURITE_ACCOUNT),
+        ..Default::default()
+    };
+    let e = azure_uploader(&cfg)
+        .upload(&path, "short.mp4")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("the stored blob has 7 bytes, the file 1000: the upload is incomplete"),
+        "{e}"
+    );
+    assert!(path.exists(), "the file stays");
+}
