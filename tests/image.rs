@@ -156,6 +156,8 @@ fn the_image_records_a_page_as_its_own_user_and_finishes_on_sigterm() -> Result<
             ("LIVEKIT_RECORDER_CONFIG", "log_level: debug\n"),
             ("RECORDING_REQUEST", &request),
             ("SERVICE_MODE", "0"),
+            // The production display, no fallback: Xorg with the dummy driver as uid 10001.
+            ("LIVEKIT_RECORDER_X_SERVER", "xorg"),
         ],
         out.path(),
     )?;
@@ -181,7 +183,11 @@ async fn the_image_serves_a_reservation_and_drains_on_sigterm() -> Result<()> {
         redis.address()
     );
     let mut c = Container::run(
-        &[("SERVICE_MODE", "1"), ("LIVEKIT_RECORDER_CONFIG", &config)],
+        &[
+            ("SERVICE_MODE", "1"),
+            ("LIVEKIT_RECORDER_CONFIG", &config),
+            ("LIVEKIT_RECORDER_X_SERVER", "xorg"),
+        ],
         out.path(),
     )?;
     tokio::task::block_in_place(|| wait_health(health_port, "available", Duration::from_secs(90)))?;

@@ -97,12 +97,6 @@ impl std::fmt::Debug for AzureBlob {
     }
 }
 
-/// The clients of one upload: the SAS (if any) is in their URLs, an Entra credential in their
-/// pipeline.
-struct Clients {
-    blob: BlobClient,
-}
-
 impl AzureBlob {
     /// A client for `cfg`'s container (which must exist for uploads).
     pub fn new(cfg: &AzureConfig) -> Result<Self, UploadError> {
@@ -177,12 +171,8 @@ impl AzureBlob {
     /// Downloads a blob whole, with its content type. For checks and tests (small blobs).
     pub async fn get_blob(&self, name: &str) -> Result<(Vec<u8>, Option<String>), UploadError> {
         let fail = |m: String| self.error(name, format!("Get Blob: {m}"));
-        let clients = self.clients(name).map_err(fail)?;
-        let result = clients
-            .blob
-            .download(None)
-            .await
-            .map_err(|e| fail(describe(&e)))?;
+        let blob = self.blob_client(name).map_err(fail)?;
+        let result = blob.download(None).await.map_err(|e| fail(describe(&e)))?;
         let content_type = result.properties.content_type.clone();
         let body = result
             .body
@@ -195,20 +185,22 @@ impl AzureBlob {
     /// Uploads the file, then checks that the stored blob has its size: the local file is only
     /// removed after that.
     pub(crate) async fn upload(&self, job: &Job<'_>) -> Result<(), UploadError> {
-        let clients = self.clients(job.key).map_err(|m| self.error(job.key, m))?;
-        self.put(&clients, job).await?;
-        self.verify(&clients, job).await
+        let blob = self
+            .blob_client(job.key)
+            .map_err(|m| self.error(job.key, m))?;
+        self.put(&blob, job).await?;
+        self.verify(&blob, job).await
     }
 
-    /// The SDK's clients for one blob, authorised (a fresh SAS when signing with the key).
-    fn clients(&self, name: &str) -> Result<Clients, String> {
+    /// The SDK's client for one blob, authorised: the SAS (a fresh one when signing with the key)
+    /// in its URL, or the Entra credential in its pipeline.
+    fn blob_client(&self, name: &str) -> Result<BlobClient, String> {
         let (url, credential) = self.authorised(self.blob_url(name))?;
         let options = BlobClientOptions {
             client_options: client_options(),
             ..Default::default()
         };
-        let blob = BlobClient::new(url, credential, Some(options)).map_err(|e| describe(&e))?;
-        Ok(Clients { blob })
+        BlobClient::new(url, credential, Some(options)).map_err(|e| describe(&e))
     }
 
     /// `url` with the SAS in its query, or the Entra credential to send with it.
@@ -232,13 +224,9 @@ impl AzureBlob {
     }
 
     /// Get Blob Properties: the stored blob's size must be the file's.
-    async fn verify(&self, clients: &Clients, job: &Job<'_>) -> Result<(), UploadError> {
+    async fn verify(&self, blob: &BlobClient, job: &Job<'_>) -> Result<(), UploadError> {
         let stored = retry(job.retry, "Get Blob Properties", 0, || async {
-            let response = clients
-                .blob
-                .get_properties(None)
-                .await
-                .map_err(|e| failure(&e))?;
+            let response = blob.get_properties(None).await.map_err(|e| failure(&e))?;
             Ok(response.content_length().ok().flatten())
         })
         .await
@@ -256,8 +244,8 @@ impl AzureBlob {
         Ok(())
     }
 
-    async fn put(&self, clients: &Clients, job: &Job<'_>) -> Result<(), UploadError> {
-        let block_blob = clients.blob.block_blob_client();
+    async fn put(&self, blob: &BlobClient, job: &Job<'_>) -> Result<(), UploadError> {
+        let block_blob = blob.block_blob_client();
         if job.size <= job.part_size {
             // One Put Blob.
             let body = read_range(job, 0, job.size)
