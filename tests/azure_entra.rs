@@ -7,16 +7,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use common::storage;
-use livekit_recorder::config::{AzureConfig, FileOutputConfig};
+use livekit_recorder::config::AzureConfig;
 use livekit_recorder::upload::azure::AzureBlob;
-use livekit_recorder::upload::Uploader;
 
 const IDENTITY_HEADER: &str = "identity-header-secret";
 
@@ -29,50 +26,29 @@ struct Asked {
 
 /// An HTTP endpoint answering every GET with a bearer token for `audience`, valid for an hour.
 fn identity_endpoint(audience: &'static str) -> (u16, Arc<Mutex<Asked>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
     let asked = Arc::new(Mutex::new(Asked::default()));
     let record = asked.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut request_line = String::new();
-            if reader.read_line(&mut request_line).is_err() {
-                continue;
-            }
-            let mut header_seen = false;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some((name, value)) = line.split_once(':') {
-                    header_seen |= name.eq_ignore_ascii_case("x-identity-header")
-                        && value.trim() == IDENTITY_HEADER;
-                }
-            }
-            {
-                let mut a = record.lock().unwrap();
-                a.requests.push(request_line.trim().to_owned());
-                a.header_seen |= header_seen;
-            }
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_secs();
-            let body = format!(
-                r#"{{"access_token":"{}","expires_on":"{}","resource":"https://storage.azure.com","token_type":"Bearer"}}"#,
-                jwt(audience, now),
-                now + 3600
-            );
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
+    let port = storage::stand_in(move |request| {
+        {
+            let mut a = record.lock().unwrap();
+            a.requests.push(request.line.clone());
+            a.header_seen |= request.header("x-identity-header") == Some(IDENTITY_HEADER);
         }
-    });
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let body = format!(
+            r#"{{"access_token":"{}","expires_on":"{}","resource":"https://storage.azure.com","token_type":"Bearer"}}"#,
+            jwt(audience, now),
+            now + 3600
+        );
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    })
+    .expect("a stand-in identity endpoint");
     (port, asked)
 }
 
@@ -101,15 +77,6 @@ fn keyless(server: &storage::Server) -> AzureConfig {
         ),
         ..Default::default()
     }
-}
-
-fn uploader(cfg: &AzureConfig) -> Uploader {
-    Uploader::from_config(&FileOutputConfig {
-        azblob: Some(cfg.clone()),
-        ..Default::default()
-    })
-    .expect("a valid config")
-    .expect("an Azure uploader")
 }
 
 #[test]
@@ -142,7 +109,7 @@ fn azure_uploads_with_the_managed_identity() {
         let dir = tempfile::tempdir().unwrap();
         let large = dir.path().join("large.mp4");
         let sha = storage::write_file(&large, 10_000_000, 11).unwrap();
-        let url = uploader(&cfg)
+        let url = storage::azure_uploader(&cfg)
             .upload(&large, "rooms/entra.mp4")
             .await
             .unwrap();
@@ -183,7 +150,7 @@ fn azure_uploads_with_the_managed_identity() {
         let small = dir.path().join("small.mp4");
         storage::write_file(&small, 1000, 12).unwrap();
         let started = std::time::Instant::now();
-        let e = uploader(&cfg)
+        let e = storage::azure_uploader(&cfg)
             .upload(&small, "rooms/refused.mp4")
             .await
             .unwrap_err()

@@ -205,15 +205,6 @@ fn azure_config(server: &storage::Server, container: &str) -> AzureConfig {
     }
 }
 
-fn azure_uploader(cfg: &AzureConfig) -> Uploader {
-    Uploader::from_config(&FileOutputConfig {
-        azblob: Some(cfg.clone()),
-        ..Default::default()
-    })
-    .expect("a valid config")
-    .expect("an Azure uploader")
-}
-
 #[tokio::test]
 async fn azure_uploads_blocks_and_small_files() {
     let server = storage::azurite().expect("azurite");
@@ -223,7 +214,7 @@ async fn azure_uploads_blocks_and_small_files() {
     blob.create_container()
         .await
         .expect("an existing container is fine");
-    let uploader = azure_uploader(&cfg);
+    let uploader = storage::azure_uploader(&cfg);
     let dir = tempfile::tempdir().unwrap();
 
     // ~10 MB: three 4 MiB blocks, then the block list.
@@ -281,7 +272,7 @@ async fn azure_uploads_with_a_sas_token_instead_of_the_key() {
         sas_token: format!("?{sas}"),
         ..keyed.clone()
     };
-    let url = azure_uploader(&cfg)
+    let url = storage::azure_uploader(&cfg)
         .upload(&large, "rooms/sas.mp4")
         .await
         .unwrap();
@@ -298,7 +289,7 @@ async fn azure_uploads_with_a_sas_token_instead_of_the_key() {
         .find(|(k, _)| k == "sig")
         .map(|(_, v)| v.into_owned())
         .expect("a signature");
-    let e = azure_uploader(&AzureConfig {
+    let e = storage::azure_uploader(&AzureConfig {
         account_key: String::new(),
         sas_token: write_only.clone(),
         ..keyed
@@ -324,7 +315,7 @@ async fn azure_errors_name_the_endpoint_and_are_retried_only_when_transient() {
     // A container that does not exist: a 404, not retried.
     let cfg = azure_config(&server, "missing");
     let start = Instant::now();
-    let e = azure_uploader(&cfg)
+    let e = storage::azure_uploader(&cfg)
         .upload(&path, "a.mp4")
         .await
         .unwrap_err()
@@ -343,7 +334,7 @@ async fn azure_errors_name_the_endpoint_and_are_retried_only_when_transient() {
         .await
         .unwrap();
     cfg.account_key = "d3Jvbmcta2V5".into();
-    let e = azure_uploader(&cfg)
+    let e = storage::azure_uploader(&cfg)
         .upload(&path, "a.mp4")
         .await
         .unwrap_err()
@@ -362,7 +353,7 @@ async fn azure_errors_name_the_endpoint_and_are_retried_only_when_transient() {
     };
     let budget = Duration::from_secs(2);
     let start = Instant::now();
-    let e = azure_uploader(&cfg)
+    let e = storage::azure_uploader(&cfg)
         .with_retry_budget(budget)
         .upload(&path, "rec/a.mp4")
         .await
@@ -393,45 +384,18 @@ async fn unreadable_files_are_reported_as_such() {
 }
 
 /// A blob store that takes every upload and then reports the blob shorter than what was sent: a
-/// fault no emulator shows (a stand-in, the one mock of this file). Answers each request on its
-/// own connection.
+/// fault no emulator shows.
 fn short_blob_store() -> u16 {
-    use std::io::{BufRead, BufReader, Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut request_line = String::new();
-            if reader.read_line(&mut request_line).is_err() {
-                continue;
-            }
-            let mut length = 0usize;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some((name, value)) = line.split_once(':') {
-                    if name.eq_ignore_ascii_case("content-length") {
-                        length = value.trim().parse().unwrap_or(0);
-                    }
-                }
-            }
-            let mut body = vec![0; length];
-            let _ = reader.read_exact(&mut body);
-            let common = "x-ms-request-id: 1\r\nx-ms-version: 2026-04-06\r\nETag: \"0x1\"\r\n\
-                          Last-Modified: Wed, 25 Nov 2026 20:00:00 GMT\r\nConnection: close\r\n";
-            let answer = if request_line.starts_with("HEAD ") {
-                format!("HTTP/1.1 200 OK\r\n{common}x-ms-blob-type: BlockBlob\r\nContent-Type: video/mp4\r\nContent-Length: 7\r\n\r\n")
-            } else {
-                format!("HTTP/1.1 201 Created\r\n{common}Content-Length: 0\r\n\r\n")
-            };
-            let _ = stream.write_all(answer.as_bytes());
+    storage::stand_in(|request| {
+        let common = "x-ms-request-id: 1\r\nx-ms-version: 2026-04-06\r\nETag: \"0x1\"\r\n\
+                      Last-Modified: Wed, 25 Nov 2026 20:00:00 GMT\r\nConnection: close\r\n";
+        if request.line.starts_with("HEAD ") {
+            format!("HTTP/1.1 200 OK\r\n{common}x-ms-blob-type: BlockBlob\r\nContent-Type: video/mp4\r\nContent-Length: 7\r\n\r\n")
+        } else {
+            format!("HTTP/1.1 201 Created\r\n{common}Content-Length: 0\r\n\r\n")
         }
-    });
-    port
+    })
+    .expect("a stand-in server")
 }
 
 #[tokio::test]
@@ -447,7 +411,7 @@ async fn a_stored_blob_shorter_than_the_file_is_an_error() {
         endpoint: format!("http://127.0.0.1:{port}/{}", storage::AZURITE_ACCOUNT),
         ..Default::default()
     };
-    let e = azure_uploader(&cfg)
+    let e = storage::azure_uploader(&cfg)
         .upload(&path, "short.mp4")
         .await
         .unwrap_err()

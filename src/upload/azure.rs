@@ -468,28 +468,13 @@ fn account_sas(account: &str, key: &[u8], url: &url::Url, now: SystemTime) -> St
         .finish()
 }
 
-/// `2026-11-25T18:19:09Z`: the UTC time to the second.
+/// `2026-11-25T18:19:09Z`: the UTC time to the second (RFC 3339, as SAS fields take it).
 fn iso8601(t: SystemTime) -> String {
     let secs = t
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Days since 1970-01-01 to a civil date (H. Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let whole = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+    azure_core::time::to_rfc3339(&azure_core::time::OffsetDateTime::from(whole))
 }
 
 fn sign(key: &[u8], string_to_sign: &str) -> String {

@@ -380,3 +380,74 @@ pub fn write_file(path: &Path, size: usize, seed: u64) -> Result<[u8; 32]> {
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
+
+/// A request as [`stand_in`] read it: the request line and the headers (body read and dropped).
+pub struct StandInRequest {
+    pub line: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl StandInRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A stand-in HTTP server on loopback for what no real server can be made to show: every
+/// request (one per connection) is read whole and answered with `answer`'s bytes. Returns its
+/// port; the server lives as long as the test process.
+pub fn stand_in(answer: impl Fn(&StandInRequest) -> String + Send + 'static) -> Result<u16> {
+    use std::io::{BufRead, BufReader, Read};
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let Ok(read_half) = stream.try_clone() else {
+                continue;
+            };
+            let mut reader = BufReader::new(read_half);
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            let mut headers = Vec::new();
+            loop {
+                let mut header = String::new();
+                if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
+                    break;
+                }
+                if let Some((name, value)) = header.split_once(':') {
+                    headers.push((name.trim().to_owned(), value.trim().to_owned()));
+                }
+            }
+            let request = StandInRequest {
+                line: line.trim().to_owned(),
+                headers,
+            };
+            let length = request
+                .header("content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0usize);
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let _ = stream.write_all(answer(&request).as_bytes());
+        }
+    });
+    Ok(port)
+}
+
+/// An uploader for `cfg`'s Azure container.
+pub fn azure_uploader(
+    cfg: &livekit_recorder::config::AzureConfig,
+) -> livekit_recorder::upload::Uploader {
+    livekit_recorder::upload::Uploader::from_config(&livekit_recorder::config::FileOutputConfig {
+        azblob: Some(cfg.clone()),
+        ..Default::default()
+    })
+    .expect("a valid config")
+    .expect("an Azure uploader")
+}
