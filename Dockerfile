@@ -30,6 +30,9 @@ RUN npm run build
 FROM ${BUILD_IMAGE} AS build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /src
+# The crate registry lives where the cache mount below is (the rust images' own CARGO_HOME, set here
+# so that a base without it does not unpack every crate's sources into the build's layer).
+ENV CARGO_HOME=/usr/local/cargo
 
 # pkg-config and the GStreamer/OpenSSL dev libraries (the `build` profile), in their own layer so a
 # source change does not reinstall them.

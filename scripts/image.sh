@@ -52,9 +52,12 @@ LIMITS=(--ulimit "nofile=$nofile:$nofile" --ulimit nproc=4096:4096)
 
 have_image() { "$ENGINE" image inspect "$1" >/dev/null 2>&1; }
 
-# A Debian base from mmdebstrap, imported as `name`; `extra` packages and a customize hook on top.
+# A Debian base from mmdebstrap, imported as `name`; `extra` packages and a customize hook on top,
+# then environment variables (KEY=VALUE, one argument each: one `ENV` change holding two
+# assignments would make the first variable's value run on into the second).
 bootstrap() {
-  local name="$1" include="$2" hook="${3:-true}" env="${4:-}"
+  local name="$1" include="$2" hook="${3:-true}"
+  shift 3 || shift $#
   if have_image "$name"; then
     echo "image: base $name present" >&2
     return
@@ -69,7 +72,8 @@ bootstrap() {
     "deb http://deb.debian.org/debian $RELEASE-updates main" \
     "deb http://deb.debian.org/debian-security $RELEASE-security main"
   local changes=(--change 'CMD ["/bin/bash"]')
-  if [ -n "$env" ]; then changes+=(--change "ENV $env"); fi
+  local var
+  for var in "$@"; do changes+=(--change "ENV $var"); done
   "$ENGINE" import "${changes[@]}" "$tar" "$name" >/dev/null 2>&1
   rm -rf "$(dirname "$tar")"
 }
@@ -91,7 +95,8 @@ if [ "$IMAGE_BASES" = local ]; then
      && cp -a '$(readlink -f "$(command -v node)")' \"\$1/usr/local/bin/node\" \
      && cp -a '$(readlink -f "$node_dir")' \"\$1/usr/local/lib/node_modules/npm\" \
      && ln -s ../lib/node_modules/npm/bin/npm-cli.js \"\$1/usr/local/bin/npm\"" \
-    "PATH=/usr/local/rust/bin:/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin CARGO_HOME=/usr/local/cargo"
+    "PATH=/usr/local/rust/bin:/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+    "CARGO_HOME=/usr/local/cargo"
   build_args=(--build-arg "WEB_IMAGE=$build_base" --build-arg "BUILD_IMAGE=$build_base"
     --build-arg "RUNTIME_IMAGE=$runtime_base")
 fi
