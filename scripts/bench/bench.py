@@ -661,6 +661,9 @@ def run_ours(binary, res_name, url, work, page="", x_server="auto"):
         row["stop"] = time.monotonic() - t_term
         err.t.join(5)
         outr.t.join(5)
+        enc = re.search(r'video encoder encoder="([^"]+)"', err.text())
+        if enc:
+            row["encoder"] = enc.group(1)
         # from the log: signal received -> file finished (faststart rewrite done, else "recording ended")
         stamps = {}
         for _, line in err.lines:
@@ -865,35 +868,7 @@ def run_seed(res_name, url, work, page=""):
 
 
 # --------------------------------------------------------------------------------------------
-# Encoder settings: ours, read from the source
-
-
-def our_encoder_settings(kbps):
-    """x264enc properties of src/pipeline/mod.rs, evaluated for `kbps` and FPS."""
-    src = (REPO / "src/pipeline/mod.rs").read_text()
-    m = re.search(r"let\s+(\w+)\s*=\s*make\(\s*\"x264enc\"", src)
-    if not m:
-        raise RuntimeError("no x264enc in src/pipeline/mod.rs")
-    var = m.group(1)
-    props = []
-    for m in re.finditer(rf"\b{var}\s*\.\s*set_property(_from_str)?\(\s*\"([\w-]+)\"\s*,\s*(.+?)\s*\)\s*;", src, re.S):
-        name, expr = m.group(2), m.group(3).strip()
-        if expr.startswith('"') and expr.endswith('"'):
-            val = expr[1:-1]
-        elif expr in ("true", "false"):
-            val = expr
-        else:
-            e = expr.replace("o.video_bitrate", str(kbps)).replace("o.framerate", str(FPS))
-            e = re.sub(r"\bas\s+\w+", "", e)
-            e = re.sub(r"(\d+)(u32|i32|u64|i64|usize)\b", r"\1", e)
-            e = e.replace("&", "")
-            if not re.fullmatch(r"[\d\s\*\+\-/()]+", e):
-                raise RuntimeError(f"cannot evaluate x264enc {name} = {expr}")
-            val = str(int(eval(e)))  # digits and operators only
-        props.append(f"{name}={val}")
-    if not any(p.startswith("bitrate=") for p in props):
-        raise RuntimeError("no x264enc bitrate in src/pipeline/mod.rs")
-    return "x264enc " + " ".join(props)
+# Encoder settings: ours, as the recorder logs them ("video encoder"); the colour format from the source
 
 
 def our_profile():
@@ -1250,8 +1225,8 @@ def report(rows, service, qual, settings, binary, failures, t_start, egress=None
             out.append(f"- ours {res_name}: Xorg with the dummy driver, a {w}x{h} mode at {FPS} Hz (Xvfb in the "
                        f"'ours on Xvfb' rows); ximagesrc → queue → videoconvert n-threads=2 → {settings[res_name][1]} → "
                        f"`{settings[res_name][0]}` profile=main → h264parse → mp4mux fragmented (1 s) then faststart "
-                       f"rewrite; pulsesrc → audioresample → audioconvert → avenc_aac 128 kbps (settings read from "
-                       f"src/pipeline/mod.rs at run time)")
+                       f"rewrite; pulsesrc → audioresample → audioconvert → avenc_aac 128 kbps (x264 settings as the "
+                       f"recorder logged them)")
         out.append(f"- seed {res_name}: gst-launch-1.0 ximagesrc → videoconvert → `{seed_video_settings(kbps)}` "
                    f"profile=main → mp4mux faststart=true; pulsesrc → audioconvert → S16LE 44.1 kHz → avenc_aac "
                    f"128 kbps (protocol.md §4.7; avenc_aac replaces faac, which does not exist here; videoconvert "
@@ -1687,14 +1662,6 @@ def main():
     shutil.copy2(shown, binary)
 
     rows, failures, qual, settings, service, egress = [], [], {}, {}, None, None
-    for res_name in PRESETS:
-        kbps = PRESETS[res_name][3]
-        try:
-            settings[res_name] = (our_encoder_settings(kbps), our_profile())
-        except Exception as e:  # documented fallback
-            settings[res_name] = (f"x264enc bitrate={kbps} speed-preset=veryfast tune=zerolatency key-int-max={2 * FPS}"
-                                  f" (could not read src/pipeline/mod.rs: {e}; documented settings used)", "I420")
-
     def guarded(label, fn):
         try:
             return fn()
@@ -1735,8 +1702,16 @@ def main():
             egress = guarded("egress", lambda: run_egress(work))
             if egress and egress.get("errors"):
                 failures.append("egress: " + "; ".join(egress["errors"]))
+        for res_name in PRESETS:
+            logged = next((r["encoder"] for r in rows if r.get("encoder") and r["name"].startswith(f"ours {res_name}")),
+                          None)
+            if logged:
+                settings[res_name] = (logged, our_profile())
         if wanted("quality"):
             for res_name in PRESETS:
+                if res_name not in settings:
+                    failures.append(f"quality {res_name}: no 'ours {res_name}' row logged its encoder settings")
+                    continue
                 q = guarded(f"quality {res_name}", lambda: quality(res_name, url, work, settings[res_name][0]))
                 if q:
                     qual[res_name] = q

@@ -13,6 +13,8 @@
 //! waits for it to reach the sink, so that the muxer finishes the file; dropping a [`Pipeline`]
 //! sets it to NULL.
 
+pub mod encoder;
+pub mod phase;
 pub mod remux;
 pub mod rtmp;
 
@@ -28,6 +30,9 @@ use crate::options::Options;
 
 /// How long mp4mux fragments are; also how much a killed recording can lose at most.
 const FRAGMENT_MS: u32 = 1000;
+/// How long the page's screen updates are watched for the capture's phase (at most; it stops
+/// after 12 updates, 0.4 s at 30 fps).
+const PHASE_WINDOW: Duration = Duration::from_millis(500);
 /// Queues between the encoders and the muxer hold up to this much.
 const QUEUE_TIME: u64 = 3_000_000_000;
 
@@ -193,6 +198,9 @@ pub struct Pipeline {
     playing: bool,
     /// When the screen last delivered a frame.
     video_clock: VideoClock,
+    /// The X display captured, and its frame period (for the capture's phase, [`phase`]).
+    display: String,
+    period_ns: u64,
 }
 
 impl Pipeline {
@@ -233,11 +241,11 @@ impl Pipeline {
         )?;
         let venc = make("x264enc", "video_enc")?;
         guard_frames(&venc, o.framerate);
-        venc.set_property("bitrate", o.video_bitrate);
-        venc.set_property_from_str("speed-preset", "superfast");
-        venc.set_property_from_str("tune", "zerolatency");
-        // A keyframe at least every 2 s: seekable files, quick joins for RTMP viewers.
-        venc.set_property("key-int-max", o.framerate * 2);
+        let x264 = encoder::x264_properties(o, std::env::var(encoder::PRESET_ENV).ok().as_deref());
+        for (name, value) in &x264 {
+            venc.set_property_from_str(name, value);
+        }
+        tracing::info!(encoder = ?encoder::describe(&x264), "video encoder");
         let vprofile = capsfilter(
             "video_profile",
             gst::Caps::builder("video/x-h264")
@@ -354,11 +362,14 @@ impl Pipeline {
             deferred: std::collections::VecDeque::new(),
             playing: false,
             video_clock,
+            display: spec.display.clone(),
+            period_ns: 1_000_000_000 / u64::from(o.framerate.max(1)),
         })
     }
 
     /// Sets the pipeline playing and waits until it is (or fails).
     pub async fn play(&mut self, timeout: Duration) -> Result<(), PipelineError> {
+        self.lock_phase().await;
         self.graph().set_state(gst::State::Playing).map_err(|e| {
             PipelineError::Start(self.first_error().unwrap_or_else(|| e.to_string()))
         })?;
@@ -385,6 +396,58 @@ impl Pipeline {
         // A stall counts from here on.
         self.video_clock.tick();
         r
+    }
+
+    /// Places the screen reads half a frame period away from the page's updates ([`phase`]):
+    /// watches the display for up to [`PHASE_WINDOW`], then sets the base time the pipeline
+    /// starts with. Without a steady phase (a still page, Xvfb's 60 Hz, no DAMAGE extension) the
+    /// pipeline picks its base time as usual.
+    async fn lock_phase(&self) {
+        if !phase::enabled(std::env::var(phase::PHASE_ENV).ok().as_deref()) {
+            return;
+        }
+        let (display, period) = (self.display.clone(), self.period_ns);
+        let clock = gst::SystemClock::obtain();
+        let now = move || clock.time().nseconds();
+        let measured = tokio::time::timeout(
+            PHASE_WINDOW + Duration::from_secs(1),
+            tokio::task::spawn_blocking(move || {
+                phase::measure(&display, period, PHASE_WINDOW, now)
+            }),
+        )
+        .await;
+        let update = match measured {
+            Ok(Ok(Ok(Some(update)))) => update,
+            Ok(Ok(Ok(None))) => {
+                tracing::debug!("no steady screen updates: capture phase left to the pipeline");
+                return;
+            }
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(error = %e, "capture phase not measured");
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "capture phase measurement failed");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!("capture phase measurement timed out");
+                return;
+            }
+        };
+        let graph = self.graph();
+        let now = gst::SystemClock::obtain().time().nseconds();
+        let base = phase::base_time(now, self.period_ns, update.offset_ns);
+        // The application sets the base time: the pipeline keeps it when it goes to PLAYING.
+        graph.set_start_time(gst::ClockTime::NONE);
+        graph.set_base_time(gst::ClockTime::from_nseconds(base));
+        tracing::debug!(
+            updates = update.updates,
+            update_offset_ms = update.offset_ns as f64 / 1e6,
+            spread_ms = update.spread_ns as f64 / 1e6,
+            read_offset_ms = (base % self.period_ns) as f64 / 1e6,
+            "capture phase locked"
+        );
     }
 
     /// When the screen last delivered a frame (the session's "no video" watchdog reads it).
