@@ -26,6 +26,8 @@ pub(crate) mod health;
 pub(crate) mod metrics;
 pub(crate) mod options;
 pub(crate) mod pipeline;
+/// The capture's phase lock, for the display tests.
+pub use pipeline::phase as capture_phase;
 pub(crate) mod policy;
 pub(crate) mod process;
 pub mod proto;

@@ -218,3 +218,99 @@ async fn a_wrong_choice_is_an_error() -> Result<()> {
     assert!(server_pid().is_err(), "a server started anyway");
     Ok(())
 }
+
+/// Fills the root window of `display` with a new colour at `offset_ns` into every `period_ns` of
+/// the GStreamer system clock (the pipeline's), until `stop` is set.
+fn draw_at_phase(
+    display: &str,
+    period_ns: u64,
+    offset_ns: u64,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<()> {
+    use gstreamer::prelude::*;
+    use x11rb::connection::Connection;
+    use x11rb::protocol::xproto::{ConnectionExt as _, CreateGCAux, Rectangle};
+    let (conn, screen) = x11rb::rust_connection::RustConnection::connect(Some(display))?;
+    let root = conn.setup().roots[screen].root;
+    let gc = conn.generate_id()?;
+    conn.create_gc(gc, root, &CreateGCAux::new().foreground(0))?;
+    let clock = gstreamer::SystemClock::obtain();
+    let mut colour = 0u32;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let now = clock.time().nseconds();
+        let next = (now - now % period_ns) + offset_ns;
+        let next = if next <= now { next + period_ns } else { next };
+        std::thread::sleep(Duration::from_nanos(next - now));
+        colour = colour.wrapping_add(0x010203);
+        conn.change_gc(
+            gc,
+            &x11rb::protocol::xproto::ChangeGCAux::new().foreground(colour & 0xff_ffff),
+        )?;
+        conn.poly_fill_rectangle(
+            root,
+            gc,
+            &[Rectangle {
+                x: 0,
+                y: 0,
+                width: 320,
+                height: 240,
+            }],
+        )?;
+        conn.flush()?;
+    }
+    Ok(())
+}
+
+/// The capture's phase lock (src/pipeline/phase.rs) on a real Xorg: a client draws at a known
+/// point of each frame period, and the measured update phase is that point; a still screen has
+/// no phase.
+#[tokio::test]
+async fn the_screens_update_phase_is_measured() -> Result<()> {
+    use gstreamer::prelude::*;
+    use livekit_recorder::capture_phase as phase;
+    let _one = ONE_AT_A_TIME.lock().await;
+    gstreamer::init()?;
+    let mut display = start("xorg", 320, 240, 30).await?;
+    let name = display.name().to_string();
+    let period = 1_000_000_000 / 30;
+    let clock = gstreamer::SystemClock::obtain();
+    let now = move || clock.time().nseconds();
+
+    let still = tokio::task::spawn_blocking({
+        let (name, now) = (name.clone(), now.clone());
+        move || phase::measure(&name, period, Duration::from_millis(500), now)
+    })
+    .await??;
+    assert_eq!(still, None, "a still screen has no phase");
+
+    for offset in [5_000_000u64, 21_000_000] {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let drawer = std::thread::spawn({
+            let (name, stop) = (name.clone(), stop.clone());
+            move || draw_at_phase(&name, period, offset, &stop)
+        });
+        // Let the drawing settle, then measure as the pipeline does.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let measured = tokio::task::spawn_blocking({
+            let (name, now) = (name.clone(), now.clone());
+            move || phase::measure(&name, period, Duration::from_millis(700), now)
+        })
+        .await?;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        drawer.join().expect("the drawer does not panic")?;
+        let update = measured?.context("updates every period have a phase")?;
+        // Drawn at `offset` (the client wakes up late by a little, the server takes a little).
+        let late = update.offset_ns as i64 - offset as i64;
+        assert!(
+            (0..3_000_000).contains(&late),
+            "drawn at {offset} ns into the period, measured {update:?}"
+        );
+        assert!(update.updates >= 10, "{update:?}");
+        // The pipeline then reads the screen half a period away.
+        let base = phase::base_time(now(), period, update.offset_ns);
+        let gap = (base % period + period - update.offset_ns) % period;
+        assert_eq!(gap, period / 2);
+    }
+    display.stop().await?;
+    Ok(())
+}
