@@ -302,7 +302,7 @@ async fn the_screens_update_phase_is_measured() -> Result<()> {
         // Drawn at `offset` (the client wakes up late by a little, the server takes a little).
         let late = update.offset_ns as i64 - offset as i64;
         assert!(
-            (0..3_000_000).contains(&late),
+            (0..6_000_000).contains(&late),
             "drawn at {offset} ns into the period, measured {update:?}"
         );
         assert!(update.updates >= 10, "{update:?}");

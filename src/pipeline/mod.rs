@@ -31,7 +31,7 @@ use crate::options::Options;
 /// How long mp4mux fragments are; also how much a killed recording can lose at most.
 const FRAGMENT_MS: u32 = 1000;
 /// How long the page's screen updates are watched for the capture's phase (at most; it stops
-/// after 12 updates, 0.4 s at 30 fps).
+/// after 10 updates, 0.33 s at 30 fps, and after 0.2 s on a still page).
 const PHASE_WINDOW: Duration = Duration::from_millis(500);
 /// Queues between the encoders and the muxer hold up to this much.
 const QUEUE_TIME: u64 = 3_000_000_000;

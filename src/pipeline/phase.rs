@@ -18,9 +18,12 @@ use x11rb::protocol::Event;
 /// The environment variable that turns the phase lock off (`off`); anything else leaves it on.
 pub const PHASE_ENV: &str = "LIVEKIT_RECORDER_CAPTURE_PHASE";
 /// Updates needed to trust a phase.
-const MIN_UPDATES: usize = 10;
+const MIN_UPDATES: usize = 8;
 /// Updates after which the measurement stops early.
-const ENOUGH_UPDATES: usize = 12;
+const ENOUGH_UPDATES: usize = 10;
+/// Periods after which a screen that has changed less than twice is taken for a still one (the
+/// measurement gives up instead of waiting out its window).
+const STILL_AFTER_PERIODS: u64 = 6;
 /// How consistent the updates' phases must be: the mean resultant length of their phase angles
 /// (1 = all at the same point; 0.8 is a spread of about 1/10 period).
 const MIN_CONSISTENCY: f64 = 0.8;
@@ -44,9 +47,10 @@ pub struct UpdatePhase {
     pub updates: usize,
 }
 
-/// Watches `display` for up to `window` and returns where in each `period_ns` (on the clock read by
-/// `now`, in ns) its screen changes; `None` when it changed too rarely or too irregularly to tell
-/// (a still page, or one painting at another rate). Blocking: run it off the async runtime.
+/// Watches `display` for up to `window` (stopping after 10 updates, or after 6 periods when the
+/// screen has not changed twice by then) and returns where in each `period_ns` (on the clock read
+/// by `now`, in ns) its screen changes; `None` when it changed too rarely or too irregularly to
+/// tell (a still page, or one painting at another rate). Blocking: run it off the async runtime.
 pub fn measure(
     display: &str,
     period_ns: u64,
@@ -74,14 +78,26 @@ pub fn measure(
     // requests makes several events close together: the first after a quiet quarter period
     // counts.
     let quiet = period_ns / 4;
-    let deadline = Instant::now() + window;
+    let started = Instant::now();
+    let deadline = started + window;
+    let still_after = started + Duration::from_nanos(period_ns.saturating_mul(STILL_AFTER_PERIODS));
     let mut updates: Vec<u64> = Vec::new();
     let mut last_event: Option<u64> = None;
     while updates.len() < ENOUGH_UPDATES {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        let now_instant = Instant::now();
+        let left = deadline.saturating_duration_since(now_instant);
+        if left.is_zero() || (updates.len() < 2 && now_instant >= still_after) {
             break;
         }
+        let left = if updates.len() < 2 {
+            left.min(
+                still_after
+                    .saturating_duration_since(now_instant)
+                    .max(Duration::from_millis(1)),
+            )
+        } else {
+            left
+        };
         match conn.poll_for_event().map_err(|e| damage_err(&e))? {
             Some(Event::DamageNotify(_)) => {
                 let t = now();
