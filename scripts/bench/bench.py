@@ -427,6 +427,7 @@ def measure_window(roots_fn, seconds, abort=None, groups=None):
         "wall": wall,
         "procs": max_procs,
         "pss": pss_bytes(pids1),
+        "pss_groups": {g: pss_bytes([p for p in pids1 if group1[p] == g]) for g in set(group1.values())},
         "rss": sum(table[p]["rss"] for p in pids1),
         "lost": len(lost),
         "failed": failed,
@@ -1264,6 +1265,9 @@ def report(rows, service, qual, settings, binary, failures, t_start, egress=None
             notes.append(f"other processes in the tree {grp['other']:.2f} cores")
         if row.get("group_procs"):
             notes.append("processes: " + ", ".join(f"{g} {n}" for g, n in sorted(row["group_procs"].items())))
+        if row.get("pss_groups"):
+            notes.append("PSS MB by group: " + ", ".join(
+                f"{g} {v / 1e6:.0f}" for g, v in sorted(row["pss_groups"].items(), key=lambda kv: -kv[1])))
         pf = row.get("pagefig") or {}
         if row.get("page") and not pf:
             notes.append("no figures from the page (it did not post to /bench-stats)")
