@@ -299,10 +299,13 @@ async fn the_screens_update_phase_is_measured() -> Result<()> {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         drawer.join().expect("the drawer does not panic")?;
         let update = measured?.context("updates every period have a phase")?;
-        // Drawn at `offset` (the client wakes up late by a little, the server takes a little).
-        let late = update.offset_ns as i64 - offset as i64;
+        // Drawn at `offset`: the client wakes up late by a little and the server takes a little,
+        // but on a loaded machine a draw late by most of a period counts as early in the next
+        // one, so the mean can land on either side. The two offsets are 16 ms apart.
+        let apart = update.offset_ns.abs_diff(offset);
+        let apart = apart.min(period - apart);
         assert!(
-            (0..6_000_000).contains(&late),
+            apart < 6_000_000,
             "drawn at {offset} ns into the period, measured {update:?}"
         );
         assert!(update.updates >= 10, "{update:?}");
