@@ -416,9 +416,10 @@ def measure_window(roots_fn, seconds, abort=None, groups=None):
             parent = table0[p]["ppid"]
             g = group1[parent] if parent in pids1 else group0[p]
         by_group[g] -= table0[p]["ticks"]
-    counts = {}
+    counts, pss_by_group = {}, {}
     for p in pids1:
         counts[group1[p]] = counts.get(group1[p], 0) + 1
+        pss_by_group[group1[p]] = pss_by_group.get(group1[p], 0) + pss_bytes([p])
     return {
         "cpu": ours,
         "groups": {g: v / CLK / wall for g, v in by_group.items()},
@@ -426,8 +427,8 @@ def measure_window(roots_fn, seconds, abort=None, groups=None):
         "other_cpu": max(0.0, (sys1 - sys0) / CLK / wall - ours),
         "wall": wall,
         "procs": max_procs,
-        "pss": pss_bytes(pids1),
-        "pss_groups": {g: pss_bytes([p for p in pids1 if group1[p] == g]) for g in set(group1.values())},
+        "pss": sum(pss_by_group.values()),
+        "pss_groups": pss_by_group,
         "rss": sum(table[p]["rss"] for p in pids1),
         "lost": len(lost),
         "failed": failed,

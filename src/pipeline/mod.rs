@@ -406,34 +406,12 @@ impl Pipeline {
         if !phase::enabled(std::env::var(phase::PHASE_ENV).ok().as_deref()) {
             return;
         }
-        let (display, period) = (self.display.clone(), self.period_ns);
         let clock = gst::SystemClock::obtain();
         let now = move || clock.time().nseconds();
-        let measured = tokio::time::timeout(
-            PHASE_WINDOW + Duration::from_secs(1),
-            tokio::task::spawn_blocking(move || {
-                phase::measure(&display, period, PHASE_WINDOW, now)
-            }),
-        )
-        .await;
-        let update = match measured {
-            Ok(Ok(Ok(Some(update)))) => update,
-            Ok(Ok(Ok(None))) => {
-                tracing::debug!("no steady screen updates: capture phase left to the pipeline");
-                return;
-            }
-            Ok(Ok(Err(e))) => {
-                tracing::warn!(error = %e, "capture phase not measured");
-                return;
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "capture phase measurement failed");
-                return;
-            }
-            Err(_) => {
-                tracing::warn!("capture phase measurement timed out");
-                return;
-            }
+        let Some(update) =
+            phase::watch(self.display.clone(), self.period_ns, PHASE_WINDOW, now).await
+        else {
+            return;
         };
         let graph = self.graph();
         let now = gst::SystemClock::obtain().time().nseconds();

@@ -84,20 +84,15 @@ pub fn measure(
     let mut updates: Vec<u64> = Vec::new();
     let mut last_event: Option<u64> = None;
     while updates.len() < ENOUGH_UPDATES {
-        let now_instant = Instant::now();
-        let left = deadline.saturating_duration_since(now_instant);
-        if left.is_zero() || (updates.len() < 2 && now_instant >= still_after) {
+        let until = if updates.len() < 2 {
+            still_after.min(deadline)
+        } else {
+            deadline
+        };
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
             break;
         }
-        let left = if updates.len() < 2 {
-            left.min(
-                still_after
-                    .saturating_duration_since(now_instant)
-                    .max(Duration::from_millis(1)),
-            )
-        } else {
-            left
-        };
         match conn.poll_for_event().map_err(|e| damage_err(&e))? {
             Some(Event::DamageNotify(_)) => {
                 let t = now();
@@ -116,6 +111,33 @@ pub fn measure(
     let _ = conn.damage_destroy(id);
     let _ = conn.flush();
     Ok(phase_of(&updates, period_ns))
+}
+
+/// [`measure`] off the async runtime, with a deadline of a second past `window`; a failure is
+/// logged and taken as no phase (the pipeline then starts as it would without the lock).
+pub async fn watch(
+    display: String,
+    period_ns: u64,
+    window: Duration,
+    now: impl Fn() -> u64 + Send + 'static,
+) -> Option<UpdatePhase> {
+    let measured = tokio::time::timeout(
+        window + Duration::from_secs(1),
+        tokio::task::spawn_blocking(move || measure(&display, period_ns, window, now)),
+    )
+    .await;
+    let failure = match measured {
+        Ok(Ok(Ok(Some(update)))) => return Some(update),
+        Ok(Ok(Ok(None))) => {
+            tracing::debug!("no steady screen updates: capture phase left to the pipeline");
+            return None;
+        }
+        Ok(Ok(Err(e))) => e.to_string(),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "timed out".to_string(),
+    };
+    tracing::warn!(error = %failure, "capture phase not measured");
+    None
 }
 
 /// Blocks until the connection has something to read or `timeout` passes (at most 50 ms, so that
